@@ -6,12 +6,13 @@
 __all__ = ['to_labels', 'confusion_matrix', 'iou_from_matrix', 'ConfusionMatrix', 'miou', 'error_counts',
            'ErrorLocalizationMeter', 'error_localization_scores']
 
-# %% ../nbs/06_metrics.ipynb #812733f3
+# %% ../nbs/06_metrics.ipynb #f2d85186
+import math
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 
-# %% ../nbs/06_metrics.ipynb #d9ad3dba
+# %% ../nbs/06_metrics.ipynb #153c2339
 def to_labels(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits
               size) -> torch.Tensor: # [B,*size] int64 class indices
     "Class indices from a prediction: logits are upsampled bilinearly (align_corners=True) to `size`, then argmax."
@@ -25,7 +26,7 @@ def _all_reduce_(t:torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t)
     return t
 
-# %% ../nbs/06_metrics.ipynb #b5535fe4
+# %% ../nbs/06_metrics.ipynb #4e9260e2
 def confusion_matrix(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits (upsampled to the label size)
                      target:torch.Tensor, # [B,H,W] labels; labels outside [0,C) are skipped
                      num_classes:int) -> torch.Tensor: # [C,C] int64, rows = label, columns = prediction
@@ -42,7 +43,7 @@ def iou_from_matrix(mat:torch.Tensor) -> torch.Tensor: # [C] float64, nan where 
     h = mat.double(); d = h.diag()
     return d / (h.sum(1) + h.sum(0) - d)
 
-# %% ../nbs/06_metrics.ipynb #5945ad18
+# %% ../nbs/06_metrics.ipynb #9a0dd44d
 class ConfusionMatrix:
     "int64 confusion matrix `mat` [C,C] (rows = label, columns = prediction) accumulated over batches."
     def __init__(self, num_classes:int, ignore_index:int=255):
@@ -57,17 +58,17 @@ class ConfusionMatrix:
     def miou(self) -> float: "nan-mean of the per-class IoU."; return float(self.iou().nanmean())
     def pixel_accuracy(self) -> float:
         "Fraction of counted pixels predicted correctly (nan when nothing was counted)."
-        return float(self.mat.diag().sum() / self.mat.sum()) if self.mat.sum() else math.nan
+        n = int(self.mat.sum()); return int(self.mat.diag().sum()) / n if n else math.nan
     def all_reduce_(self): "Sum `mat` across DDP ranks in place (no-op without torch.distributed)."; _all_reduce_(self.mat); return self
 
-# %% ../nbs/06_metrics.ipynb #02e5c2d2
+# %% ../nbs/06_metrics.ipynb #4c817c52
 def miou(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits
          target:torch.Tensor, # [B,H,W] labels
          num_classes:int, ignore_index:int=255) -> float:
     "mIoU of one batch (nan-mean over the classes that appear)."
     return ConfusionMatrix(num_classes, ignore_index).update(pred, target).miou()
 
-# %% ../nbs/06_metrics.ipynb #51a641e8
+# %% ../nbs/06_metrics.ipynb #3521ca80
 def _ratio(num, den, empty):
     "num/den, with 1 where `empty` (nothing true, nothing predicted) and 0 elsewhere that den == 0."
     r = num / den.clamp(min=1)
@@ -85,7 +86,7 @@ def error_counts(error_pred:torch.Tensor, # [B,H,W] bool or 0/1: True = predicte
     cnt = lambda m: m.flatten(1).sum(1)
     return torch.stack([cnt(e_hat & e), cnt(e_hat & ~e), cnt(~e_hat & e), cnt(valid)], 1)
 
-# %% ../nbs/06_metrics.ipynb #b6a86449
+# %% ../nbs/06_metrics.ipynb #a16824f2
 def _prf(tp, fp, fn):
     "Precision, recall, F1 from counts (float64), with the 0/0 convention above."
     empty = (tp + fp + fn) == 0
@@ -97,7 +98,7 @@ def _batch_stats(c:torch.Tensor) -> torch.Tensor: # [7]: sums of P, R, F1 per im
     p, r, f = _prf(c[:, 0], c[:, 1], c[:, 2])
     return torch.cat([torch.stack([p.sum(), r.sum(), f.sum(), c.new_tensor(len(c))]), c[:, :3].sum(0)])
 
-# %% ../nbs/06_metrics.ipynb #94ae882d
+# %% ../nbs/06_metrics.ipynb #9e25a689
 class ErrorLocalizationMeter:
     "Pools error-localization scores over a validation set in one float64 tensor `stats` [7] (mergeable across ranks)."
     def __init__(self, ignore_index:int=255): self.ignore_index, self.stats = ignore_index, torch.zeros(7, dtype=torch.float64)
