@@ -1,0 +1,14 @@
+import os
+from pathlib import Path
+import pytest
+
+def _shared() -> Path:
+    "`$ELN_SHARED`, else the `shared/` folder next to the repository."
+    return Path(os.environ.get('ELN_SHARED') or Path(__file__).resolve().parents[1].parent / 'shared')
+
+@pytest.fixture
+def shared():
+    "Path to ../shared (or $ELN_SHARED); skips the test when it is absent."
+    p = _shared()
+    if not p.is_dir(): pytest.skip(f'{p} not found')
+    return p
