@@ -12,3 +12,6 @@ def shared():
     p = _shared()
     if not p.is_dir(): pytest.skip(f'{p} not found')
     return p
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long test (e.g. torch.compile); runs only with ELN_NB_SLOW=1')
