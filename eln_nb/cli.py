@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['field_help', 'config_parser', 'parse_config', 'plan', 'train_main', 'eval_parser', 'eval_main']
 
-# %% ../nbs/11_cli.ipynb #c08e41a1
+# %% ../nbs/11_cli.ipynb #20344c9f
 import argparse, inspect, json, math, re, sys, time, warnings
 from dataclasses import fields, asdict
 from pathlib import Path
@@ -17,7 +17,7 @@ from .train import (TrainConfig, PRESETS, make_config, Schedule, build_data, bui
                           _size)
 from .data import get_dataset, eval_loader, DatasetError
 
-# %% ../nbs/11_cli.ipynb #cd99337f
+# %% ../nbs/11_cli.ipynb #98e0d1e0
 def field_help(cls=TrainConfig) -> dict:
     "Field name -> its trailing comment in the class source."
     try: src = inspect.getsource(cls)
@@ -60,7 +60,7 @@ def parse_config(argv=None):
     if 'tau' in over and over['tau'] <= 0: raise SystemExit('--tau must be positive')
     return make_config(ns.preset, **over), ns
 
-# %% ../nbs/11_cli.ipynb #1721693f
+# %% ../nbs/11_cli.ipynb #558e27dc
 def plan(cfg:TrainConfig) -> str:
     "A readable plan of the run `cfg`."
     s = Schedule.of(cfg); ipe = cfg.iters_per_epoch
@@ -89,7 +89,7 @@ def plan(cfg:TrainConfig) -> str:
     L.append(f"output: {cfg.out} (validate every {cfg.eval_every or 'end'}, last.pt every {cfg.ckpt_every}, keep every {cfg.keep_every or '-'})")
     return '\n'.join(L)
 
-# %% ../nbs/11_cli.ipynb #89344577
+# %% ../nbs/11_cli.ipynb #f3af5ffe
 def train_main(argv=None):
     "Console script `eln_nb_train`."
     cfg, ns = parse_config(argv)
@@ -100,7 +100,7 @@ def train_main(argv=None):
         print(f"eln_nb_train: error: {e}", file=sys.stderr); return 2
     return 0
 
-# %% ../nbs/11_cli.ipynb #5bb201c6
+# %% ../nbs/11_cli.ipynb #d8852a70
 def eval_parser():
     p = argparse.ArgumentParser('eln_nb_eval', description='Evaluate a checkpoint (student, teacher, ELN error localization).')
     p.add_argument('--ckpt', required=True, help='checkpoint file (last.pt, best.pt, iter_*.pt)')
@@ -146,6 +146,6 @@ def eval_main(argv=None):
 
 def _pair2(s): return None if s is None else (s, s) if isinstance(s, int) else tuple(s)
 
-# %% ../nbs/11_cli.ipynb #7bca88d5
+# %% ../nbs/11_cli.ipynb #5f57f7f4
 if __name__ == '__main__' and 'IPython' not in sys.modules:   # `python -m eln_nb.cli ...` (what torchrun starts) is eln_nb_train
     sys.exit(train_main())

@@ -9,7 +9,7 @@ __all__ = ['PRESETS', 'TrainConfig', 'method_config', 'make_config', 'config_fro
            'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'param_counts', 'Trainer', 'train_step',
            'validate', 'checkpoint', 'fit', 'finish', 'summary_table', 'train', 'load_checkpoint_models']
 
-# %% ../nbs/09_train.ipynb #72411fe7
+# %% ../nbs/09_train.ipynb #48589639
 import contextlib, dataclasses, json, math, os, random, re, resource, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -29,7 +29,7 @@ from . import stage1, stage2
 from .stage1 import ELNModels, MethodConfig, make_optimizer
 from .stage2 import ema_update, start_teacher, reset_student_to_teacher
 
-# %% ../nbs/09_train.ipynb #5e174bdb
+# %% ../nbs/09_train.ipynb #2fbf2fb7
 @dataclass
 class TrainConfig:
     "Everything a run needs: data, networks, method, schedule, optimisation, evaluation and runtime."
@@ -104,24 +104,24 @@ class TrainConfig:
     threads: int = 0                     # CPU threads for torch (0 = torch's default)
     progress: bool = True                # progress bars
 
-# %% ../nbs/09_train.ipynb #a546fb2a
+# %% ../nbs/09_train.ipynb #585279ba
 def method_config(cfg:TrainConfig) -> MethodConfig:
     "The `MethodConfig` of a run: every field of `MethodConfig` that `TrainConfig` also has."
     kw = {f.name: getattr(cfg, f.name) for f in fields(MethodConfig) if hasattr(cfg, f.name)}
     if 'alphas' in kw: kw['alphas'] = tuple(kw['alphas'])
     return MethodConfig(**kw)
 
-# %% ../nbs/09_train.ipynb #28d5cbbd
+# %% ../nbs/09_train.ipynb #9ac89828
 PRESETS = {
     'demo': dict(dataset='synthetic', synthetic_n=64, synthetic_val_n=16, synthetic_size=64, synthetic_classes=5, split=4,
                  resize=(), scale=(), crop=(64,), val_resize=(), backbone='resnet18', eln_backbone='resnet18',
-                 pretrained='none', eln_pretrained='none', window_size=8, windows=4, iters_per_epoch=8, pre_epochs=5,
-                 eln_epochs=2, epochs=11, batch_size=4, unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3,
-                 eval_every=0, ckpt_every=8, keep_every=40, log_every=4, num_workers=0, out='runs/demo', seed=0),
-    'camvid': dict(dataset='camvid', split=8, resize=(180, 240), scale=(0.75, 1.25), crop=(160,), val_resize=(180, 240),
+                 pretrained='none', eln_pretrained='none', window_size=8, windows=4, iters_per_epoch=8, pre_epochs=3,
+                 eln_epochs=1, epochs=6, batch_size=4, unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3,
+                 eval_every=0, ckpt_every=0, keep_every=0, log_every=4, num_workers=0, out='runs/demo', seed=0),
+    'camvid': dict(dataset='camvid', split=8, resize=(120, 160), scale=(0.75, 1.25), crop=(112,), val_resize=(120, 160),
                    val_split='test', backbone='resnet18', eln_backbone='resnet18', pretrained='none', eln_pretrained='none',
-                   window_size=16, iters_per_epoch=100, pre_epochs=6, eln_epochs=3, epochs=18, batch_size=4,
-                   unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3, eval_every=300, ckpt_every=100, keep_every=600,
+                   window_size=16, iters_per_epoch=50, pre_epochs=4, eln_epochs=1, epochs=7, batch_size=4,
+                   unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3, eval_every=250, ckpt_every=50, keep_every=0,
                    log_every=10, eval_batch_size=8, out='runs/camvid', seed=0),
     'voc-r50': dict(dataset='voc', backbone='resnet50', out='runs/voc-r50'),
     'voc-r101': dict(dataset='voc', backbone='resnet101', out='runs/voc-r101'),
@@ -145,7 +145,7 @@ def config_from_dict(d:dict) -> TrainConfig:
     if set(d) - names: warnings.warn(f"ignoring unknown config fields {sorted(set(d) - names)}")
     return make_config(**{k: v for k, v in d.items() if k in names})
 
-# %% ../nbs/09_train.ipynb #aed86ae6
+# %% ../nbs/09_train.ipynb #14e3b255
 @dataclass
 class Schedule:
     "Phase boundaries in iterations."
@@ -166,7 +166,7 @@ class Schedule:
         if it == self.warm: return 'start_teacher'
         if it > self.warm and reset_student and (it - self.warm) % self.iters_per_epoch == 0: return 'reset_student'
 
-# %% ../nbs/09_train.ipynb #d1fe8f7f
+# %% ../nbs/09_train.ipynb #d8a883ea
 def _size(t): return None if not t else int(t[0]) if len(t) == 1 else tuple(int(v) for v in t)
 
 def _dataset(cfg, split, n=None):
@@ -183,7 +183,7 @@ def _split_names(cfg, names):
     if cfg.split_dir: raise FileNotFoundError(f"{d}/{cfg.split}_labeled_{cfg.split_seed}.txt not found")
     return split_labelled(names, cfg.split, cfg.split_seed) + (f'drawn (1/{cfg.split}, seed {cfg.split_seed})',)
 
-# %% ../nbs/09_train.ipynb #9809b081
+# %% ../nbs/09_train.ipynb #793d0bb8
 @dataclass
 class RunData:
     "The datasets and views of a run."
@@ -202,7 +202,7 @@ def build_data(cfg:TrainConfig) -> RunData:
     return RunData(train.info, Subset(train, [pos[n] for n in lab]), Subset(train, [pos[n] for n in unl]) if unl else None, val,
                    LabelledView(**geo), UnlabelledViews(**geo, blur=cfg.blur), src)
 
-# %% ../nbs/09_train.ipynb #3206ab5a
+# %% ../nbs/09_train.ipynb #bd4179e4
 def _weights(s): return None if s in ('', 'auto') else False if s == 'none' else s
 
 def build_models(cfg:TrainConfig, num_classes:int, pretrained=True) -> ELNModels:
@@ -231,7 +231,7 @@ def resolve_amp(amp:str, device:torch.device):
         else: amp = 'bf16' if device.type == 'cpu' and cpu_has_bf16() else 'off'
     return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'off': None}[amp]
 
-# %% ../nbs/09_train.ipynb #52d95c82
+# %% ../nbs/09_train.ipynb #0708ba42
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be read: the message names the file."
 
@@ -251,7 +251,7 @@ def set_rng_state(st:dict, generator=None):
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
     if generator is not None and 'generator' in st: generator.set_state(st['generator'])
 
-# %% ../nbs/09_train.ipynb #a12c60a2
+# %% ../nbs/09_train.ipynb #07569ccf
 def save_checkpoint(state:dict, path, keep_prev:bool=True):
     "Write `state` atomically (tmp file, fsync, rename); the replaced file becomes `<name>.prev.pt` when `keep_prev`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +273,7 @@ def load_checkpoint(path, map_location='cpu') -> dict:
     if not isinstance(ck, dict) or 'models' not in ck: raise CheckpointError(f"{path}: not an eln_nb checkpoint (no 'models')")
     return ck
 
-# %% ../nbs/09_train.ipynb #70d1e510
+# %% ../nbs/09_train.ipynb #1599af7d
 def _windows(n, w, s): return [0] if n <= w else sorted(set(list(range(0, n - w, s)) + [n - w]))
 
 @torch.no_grad()
@@ -297,7 +297,7 @@ def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
     z = (z_sum / cnt)[..., :H, :W]
     return z, None if e_sum is None else (e_sum / cnt)[..., :H, :W]
 
-# %% ../nbs/09_train.ipynb #d3c31da0
+# %% ../nbs/09_train.ipynb #09b01fd8
 @torch.no_grad()
 def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), amp=None, mode:str='full',
              window=(321, 321), eln_threshold:float=0.5, channels_last:bool=False, teacher:bool=True) -> dict:
@@ -326,7 +326,7 @@ def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), 
             'eln_precision': s.get('precision', math.nan), 'eln_recall': s.get('recall', math.nan), 'eln_f1': s.get('f1', math.nan),
             'eln_f1_pooled': s.get('f1_total', math.nan), 'mode': mode}
 
-# %% ../nbs/09_train.ipynb #4fcb9793
+# %% ../nbs/09_train.ipynb #e948a53c
 class StepModule(nn.Module):
     "The method's step as a module, so DDP can wrap it: forward(phase, lab, unlab) -> (loss, logs)."
     def __init__(self, m:ELNModels, mcfg:MethodConfig, generator=None):
@@ -354,7 +354,7 @@ def sync_bn_buffers(m:nn.Module):
             for t in (mod.running_mean, mod.running_var):
                 dist.all_reduce(t); t /= dist.get_world_size()
 
-# %% ../nbs/09_train.ipynb #4ddcd65e
+# %% ../nbs/09_train.ipynb #34334642
 class NonFiniteLossError(FloatingPointError):
     "A loss term became NaN or infinite."
 
@@ -373,7 +373,7 @@ def param_counts(m:ELNModels) -> dict:
     "Millions of parameters per network."
     return {n: sum(p.numel() for p in getattr(m, n).parameters()) / 1e6 for n in ('student', 'teacher', 'aux', 'eln') if getattr(m, n) is not None}
 
-# %% ../nbs/09_train.ipynb #1dee0e57
+# %% ../nbs/09_train.ipynb #188970dd
 class Trainer:
     "One run: build everything from a `TrainConfig`, resume if possible, `fit()` to the end and write `report.json`."
     def __init__(self, cfg:TrainConfig, resume=None, log=print):
@@ -409,7 +409,7 @@ class Trainer:
                                                             find_unused_parameters=True, broadcast_buffers=False)
         self.loaders = {}
 
-# %% ../nbs/09_train.ipynb #c551a4e9
+# %% ../nbs/09_train.ipynb #69f59064
 def _state(self:Trainer) -> dict:
     "The checkpoint of the current state (random states gathered from every rank)."
     rng = rng_state(self.gen)
@@ -445,7 +445,7 @@ def _resume(self:Trainer, resume=None):
 
 Trainer._state, Trainer._find_resume, Trainer._resume = _state, _find_resume, _resume
 
-# %% ../nbs/09_train.ipynb #b8b67349
+# %% ../nbs/09_train.ipynb #0f204ebe
 def _loader(self:Trainer, which):
     "The endless loader of 'lab' or 'unl', started at the batch the current iteration needs."
     if which not in self.loaders:
@@ -480,7 +480,7 @@ def train_step(self:Trainer, phase):
 
 Trainer._loader, Trainer._check_finite, Trainer.train_step = _loader, _check_finite, train_step
 
-# %% ../nbs/09_train.ipynb #2658ac49
+# %% ../nbs/09_train.ipynb #71cbc93a
 def _writer(self:Trainer):
     if not hasattr(self, '_tb'):
         self._tb = None
@@ -527,7 +527,7 @@ def checkpoint(self:Trainer):
 
 Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint = _writer, _record, validate, checkpoint
 
-# %% ../nbs/09_train.ipynb #b67c7f46
+# %% ../nbs/09_train.ipynb #f024c4a2
 def fit(self:Trainer) -> dict:
     "Run from the current iteration to the end of the schedule; returns (and writes) the report."
     from tqdm.auto import tqdm
@@ -574,7 +574,7 @@ def finish(self:Trainer) -> dict:
 
 Trainer.fit, Trainer.finish = fit, finish
 
-# %% ../nbs/09_train.ipynb #e7160da0
+# %% ../nbs/09_train.ipynb #28e38e81
 def summary_table(rep:dict) -> str:
     "The end-of-run table: phases, then validation scores per class."
     L = [f"{'phase':<7}{'iters':>7}{'time s':>9}{'it/s':>8}  last losses"]
@@ -597,7 +597,7 @@ def train(cfg:TrainConfig, resume=None) -> dict:
     finally:
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
-# %% ../nbs/09_train.ipynb #d5b09cbd
+# %% ../nbs/09_train.ipynb #733da77c
 def load_checkpoint_models(path, device='cpu'):
     "(ELNModels in eval mode, TrainConfig, DatasetInfo) from a checkpoint written by `Trainer`."
     ck = load_checkpoint(path, 'cpu')
