@@ -8,7 +8,7 @@ __all__ = ['ANCHOR', 'TARGETS', 'PHASES', 'BREAKDOWN', 'BenchConfig', 'machine_i
            'measure_phase', 'measure_breakdown', 'run_phases', 'config_args', 'run_isolated', 'is_anchor_preset',
            'summarize', 'format_table', 'bench_parser', 'run_bench', 'bench_main']
 
-# %% ../nbs/12_bench.ipynb #bb8daa63
+# %% ../nbs/12_bench.ipynb #dde7bf2f
 import argparse, gc, itertools, json, os, platform, re, resource, statistics, subprocess, sys, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, asdict, fields
@@ -19,7 +19,7 @@ from .losses import resize_to, sup_loss, constrained_aux_loss, pseudo_label_loss
 from .stage1 import ELNModels, MethodConfig, phase1a_step, phase1b_step, eln_terms, make_optimizer
 from .stage2 import semi_step, ema_update, start_teacher
 
-# %% ../nbs/12_bench.ipynb #1e271633
+# %% ../nbs/12_bench.ipynb #998dddcc
 ANCHOR = {'note': 'the official implementation, measured on this kind of machine on another day (pooled over 4 runs)',
           'preset': {'backbone': 'resnet50', 'eln_backbone': 'resnet34', 'size': 321, 'batch': 2, 'num_classes': 21,
                      'amp': 'off', 'channels_last': False, 'threads': 2, 'device': 'cpu'},
@@ -28,7 +28,7 @@ ANCHOR = {'note': 'the official implementation, measured on this kind of machine
 TARGETS = {'off': 0.8, 'bf16': 0.4}   # at most this times the anchor's time per iteration (fp32; bf16 + channels_last)
 PHASES = ('1a', '1b', '2')
 
-# %% ../nbs/12_bench.ipynb #8cd01693
+# %% ../nbs/12_bench.ipynb #1abd4c48
 @dataclass
 class BenchConfig:
     "Options of one benchmark run (the defaults are the anchor's preset)."
@@ -53,7 +53,7 @@ class BenchConfig:
     isolate: str = 'auto'          # on: each phase in a fresh subprocess (per-phase RSS peaks); auto: on for the CPU
     seed: int = 0
 
-# %% ../nbs/12_bench.ipynb #c52d1070
+# %% ../nbs/12_bench.ipynb #6180e069
 def machine_info() -> dict:
     "CPU model, AMX/AVX512-BF16 flags, core count, torch version and the current load average."
     try: cpu = Path('/proc/cpuinfo').read_text()
@@ -69,7 +69,7 @@ def peak_memory_mb(device:torch.device) -> float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-# %% ../nbs/12_bench.ipynb #0474b144
+# %% ../nbs/12_bench.ipynb #409cfef3
 def _to(b:dict, device, cl=False) -> dict:
     "Move a batch to `device` (images channels_last if `cl`)."
     b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
@@ -91,7 +91,7 @@ def batch_sources(cfg:BenchConfig, device) -> tuple:
     unl = make_loader(ds, B, cfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=cfg.workers)
     return (_to(b, device, cl) for b in lab), (_to(b, device, cl) for b in unl)
 
-# %% ../nbs/12_bench.ipynb #54a1d1b1
+# %% ../nbs/12_bench.ipynb #18be5729
 class Bench:
     "Networks, optimizer, scaler, batch sources and timers of one benchmark process."
     def __init__(self, cfg:BenchConfig):
@@ -114,7 +114,7 @@ class Bench:
     def sync(self):
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
 
-# %% ../nbs/12_bench.ipynb #f8c8774b
+# %% ../nbs/12_bench.ipynb #60589f81
 def step_loss(b:Bench, phase:str, lab:dict, unl:dict=None):
     "The phase's step function -> (loss, logs)."
     if phase == '1a': return phase1a_step(b.m, lab, b.mcfg)
@@ -132,7 +132,7 @@ def iteration(b:Bench, phase:str) -> float:
     if phase == '2': ema_update(b.m.teacher, b.m.student)
     b.sync(); return time.perf_counter() - t0
 
-# %% ../nbs/12_bench.ipynb #19d6dc3e
+# %% ../nbs/12_bench.ipynb #90603350
 def _osum(*ts): return sum(t.float().sum() for t in ts)
 
 def floor_loss(m:ELNModels, phase:str, lab:dict, unl:dict=None) -> torch.Tensor:
@@ -158,7 +158,7 @@ def floor_iteration(b:Bench, phase:str, lab=None, unl=None) -> float:
     b.scaler.scale(loss).backward()
     b.sync(); return time.perf_counter() - t0
 
-# %% ../nbs/12_bench.ipynb #39b87ee7
+# %% ../nbs/12_bench.ipynb #932407f1
 class Timer:
     "Accumulate wall time per named piece: `with T('eln'): ...`."
     def __init__(self, sync=lambda: None): self.sync, self.t = sync, {}
@@ -170,7 +170,7 @@ class Timer:
 
 BREAKDOWN = ('data', 'teacher_fwd', 'student_fwd_bwd', 'aux', 'eln', 'contrastive', 'optimizer', 'ema', 'other')
 
-# %% ../nbs/12_bench.ipynb #8978a9a1
+# %% ../nbs/12_bench.ipynb #3f7cf3eb
 def _labelled_part(b:Bench, T:Timer, lab:dict):
     "`labelled_losses`, timed by piece -> (l_sup, l_aux, l_eln)."
     m, c = b.m, b.mcfg
@@ -185,7 +185,7 @@ def _labelled_part(b:Bench, T:Timer, lab:dict):
     with T('eln'): l_eln = torch.stack(eln_terms(m, x, [a.detach() for a in aux] + [z.detach()], y, c)).sum()
     return l_sup, l_aux, l_eln
 
-# %% ../nbs/12_bench.ipynb #6f29db6a
+# %% ../nbs/12_bench.ipynb #9cf2b770
 def _unlabelled_part(b:Bench, T:Timer, unl:dict):
     "`pseudo_labels` + `unlabelled_losses`, timed by piece -> (l_st, l_con, [f_s weak, f_s strong])."
     m, c = b.m, b.mcfg
@@ -207,7 +207,7 @@ def _unlabelled_part(b:Bench, T:Timer, unl:dict):
         _ = (right & keep).sum() / (keep & known).sum().clamp(min=1), right.sum() / known.sum().clamp(min=1)
     return l_st, l_con, fs
 
-# %% ../nbs/12_bench.ipynb #78416bf7
+# %% ../nbs/12_bench.ipynb #c699c27c
 def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
     if not b.teacher_started: start_teacher(b.m); b.teacher_started = True
@@ -228,10 +228,10 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     out = {k: T.t.get(k, 0.) for k in BREAKDOWN}
     out['other'] += total - sum(out.values())
     out['total'] = total
-    if return_loss: out['loss'] = float(l_sup + l_aux + l_eln + c.lambda_st * l_st + c.lambda_con * l_con)
+    if return_loss: out['loss'] = (l_sup + l_aux + l_eln + c.lambda_st * l_st + c.lambda_con * l_con).item()
     return out
 
-# %% ../nbs/12_bench.ipynb #5ef73cab
+# %% ../nbs/12_bench.ipynb #182d63ab
 def _stats(ts:list) -> dict: return {'median_s': statistics.median(ts), 'min_s': min(ts), 'times_s': ts}
 
 def count_flops(b:Bench, phase:str) -> float:
@@ -261,7 +261,7 @@ def measure_phase(b:Bench, phase:str) -> dict:
     if cfg.flops: r['gflop'] = count_flops(b, phase) / 1e9; r['tflop_per_s'] = r['gflop'] / 1e3 / r['median_s']
     return r
 
-# %% ../nbs/12_bench.ipynb #abd93862
+# %% ../nbs/12_bench.ipynb #41968dbe
 def measure_breakdown(b:Bench, n:int) -> dict:
     "Mean seconds per piece over `n` instrumented semi-supervised iterations."
     rs = [breakdown_iteration(b) for _ in range(n)]
@@ -269,7 +269,7 @@ def measure_breakdown(b:Bench, n:int) -> dict:
 
 def run_phases(cfg:BenchConfig) -> dict:
     "Measure `cfg.phases` (and the breakdown) in this process -> {'phases': {...}, 'breakdown': {...} or None}."
-    base = peak_memory_mb(torch.device('cpu'))                  # the interpreter, torch and the package, before any network
+    base = peak_memory_mb(torch.device('cpu'))                  # in a fresh process: Python, torch and the package alone
     b = Bench(cfg)
     out = {'phases': {}, 'breakdown': None, 'isolated': False, 'base_rss_mb': base}
     for ph in cfg.phases:
@@ -278,7 +278,7 @@ def run_phases(cfg:BenchConfig) -> dict:
     out['threads'] = torch.get_num_threads()
     return out
 
-# %% ../nbs/12_bench.ipynb #40028acb
+# %% ../nbs/12_bench.ipynb #a574f55e
 def config_args(cfg:BenchConfig) -> list:
     "The command-line options that reproduce `cfg`."
     args = []
@@ -303,7 +303,7 @@ def run_isolated(cfg:BenchConfig) -> dict:
         if ph == '2': out['breakdown'] = child['breakdown']
     return out
 
-# %% ../nbs/12_bench.ipynb #06b3a48a
+# %% ../nbs/12_bench.ipynb #cb97b468
 def is_anchor_preset(cfg:BenchConfig, device:str='cpu') -> bool:
     "True when `cfg` is the anchor's network/size/batch/threads/device preset (precision and layout may differ)."
     p = ANCHOR['preset']
@@ -330,7 +330,7 @@ def summarize(cfg:BenchConfig, res:dict, info:dict) -> dict:
     out['anchor'] = ANCHOR
     return {**out, 'base_rss_mb': res.get('base_rss_mb'), 'config': asdict(cfg), 'threads': res.get('threads'), **info}
 
-# %% ../nbs/12_bench.ipynb #7991f44e
+# %% ../nbs/12_bench.ipynb #5f1ecba1
 def _f(v, fmt='.3f'): return '-' if v is None else format(v, fmt)
 
 def format_table(rep:dict) -> str:
@@ -347,10 +347,10 @@ def format_table(rep:dict) -> str:
                  f"{_f(r.get('floor_ratio'), '.2f'):>7}{r['peak_memory_mb']:10.0f}{_f(r.get('gflop'), '.0f'):>8}")
     L.append(f"floor ratio = iteration / bare forward+backward of the same modules (target <= 1.15); peak memory "
              f"{'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'}, "
-             f"of which {_f(rep['base_rss_mb'], '.0f')} MiB RSS is Python + torch before any network is built")
+             f"(the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its networks)")
     return '\n'.join(L + _breakdown_lines(rep) + _anchor_lines(rep))
 
-# %% ../nbs/12_bench.ipynb #56abcabd
+# %% ../nbs/12_bench.ipynb #73ac9a0c
 def _breakdown_lines(rep:dict) -> list:
     bd = rep['breakdown']
     if not bd: return []
@@ -373,7 +373,7 @@ def _anchor_lines(rep:dict) -> list:
     if t: L.append(f"target: <= {t}x the anchor's median in every phase: {'met' if max(rep['anchor_ratio'].values()) <= t else 'NOT met'}")
     return L
 
-# %% ../nbs/12_bench.ipynb #88151dea
+# %% ../nbs/12_bench.ipynb #731c3a8b
 def bench_parser() -> argparse.ArgumentParser:
     "The options of `eln_nb_bench`, one per `BenchConfig` field."
     p = argparse.ArgumentParser('eln_nb_bench', description='Speed and memory of one training iteration of each ELN phase.')
@@ -389,7 +389,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
-# %% ../nbs/12_bench.ipynb #544cb0d7
+# %% ../nbs/12_bench.ipynb #dc8cb9d5
 def run_bench(cfg:BenchConfig) -> dict:
     "Run the benchmark described by `cfg` -> the JSON report."
     info = machine_info(); info['loadavg_start'] = info['loadavg']
