@@ -6,7 +6,7 @@
 __all__ = ['FILTERS', 'phase1b_step', 'ELNModels', 'MethodConfig', 'phase1a_step', 'eln_terms', 'labelled_losses',
            'is_seg_bn_param', 'param_groups', 'make_optimizer']
 
-# %% ../nbs/07_stage1.ipynb #3002b26f
+# %% ../nbs/07_stage1.ipynb #4fb92c11
 import copy
 from dataclasses import dataclass
 import torch
@@ -15,7 +15,7 @@ from .decoders import SegModel, AuxDecoders
 from .eln import ELN
 from .losses import sup_loss, constrained_aux_loss, eln_loss
 
-# %% ../nbs/07_stage1.ipynb #72a524d8
+# %% ../nbs/07_stage1.ipynb #42864ec0
 FILTERS = ('eln', 'ecn', 'threshold', 'none', 'supervised')
 
 class ELNModels(nn.Module):
@@ -34,7 +34,7 @@ class ELNModels(nn.Module):
             self.eln = ELN(num_classes, eln_backbone, output_stride, eln_pretrained,
                            out_channels=num_classes if filter == 'ecn' else 1)
 
-# %% ../nbs/07_stage1.ipynb #bc752221
+# %% ../nbs/07_stage1.ipynb #e56862ca
 @dataclass
 class MethodConfig:
     "Hyper-parameters of the ELN method (official values by default)."
@@ -50,14 +50,14 @@ class MethodConfig:
     lambda_con: float = 1.0           # weight of each contrastive term
     eln_batched: bool = True          # one ELN forward over the K+1 predictions (False: one forward each, as official)
 
-# %% ../nbs/07_stage1.ipynb #13980b3f
+# %% ../nbs/07_stage1.ipynb #4574fa2d
 def phase1a_step(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig()):
     "L_sup on a labelled batch {'image' [B,3,H,W], 'label' [B,H,W]} -> (loss, logs)."
     logits, _ = m.student(lab['image'])
     l_sup = sup_loss(logits, lab['label'], cfg.ignore_index)
     return l_sup, {'sup': l_sup.detach()}
 
-# %% ../nbs/07_stage1.ipynb #a5fd5c56
+# %% ../nbs/07_stage1.ipynb #3b6d250f
 def eln_terms(m:ELNModels, image, preds, target, cfg:MethodConfig=MethodConfig()) -> list:
     "L_ELN (or the s-ECN's CE) for each prediction in `preds` (list of [B,C,h,w], no gradient) -> list of scalars."
     J = len(preds)
@@ -66,7 +66,7 @@ def eln_terms(m:ELNModels, image, preds, target, cfg:MethodConfig=MethodConfig()
     if m.filter == 'ecn': return [sup_loss(o, target, cfg.ignore_index) for o in outs]
     return [eln_loss(o, z, target, cfg.ignore_index, cfg.ignore_as_error) for o, z in zip(outs, preds)]
 
-# %% ../nbs/07_stage1.ipynb #7b669446
+# %% ../nbs/07_stage1.ipynb #31b361ca
 def labelled_losses(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig()):
     "L_sup + L_aux + L_ELN on a labelled batch with one encoder forward -> (loss, logs)."
     x, y = lab['image'], lab['label']
@@ -85,7 +85,7 @@ def labelled_losses(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig()):
 
 phase1b_step = labelled_losses
 
-# %% ../nbs/07_stage1.ipynb #b12434cf
+# %% ../nbs/07_stage1.ipynb #c2f3aa94
 def is_seg_bn_param(m:ELNModels, name:str) -> bool:
     "True for BatchNorm weights/biases of the student or the auxiliary decoders (frozen by the official code's bug)."
     mod = m.get_submodule(name.rsplit('.', 1)[0])

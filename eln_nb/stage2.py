@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['ema_update', 'reset_student_to_teacher', 'start_teacher', 'pseudo_labels', 'unlabelled_losses', 'semi_step']
 
-# %% ../nbs/08_stage2.ipynb #255d5bd9
+# %% ../nbs/08_stage2.ipynb #7f5ba041
 import torch
 import torch.nn.functional as F
 from .stage1 import ELNModels, MethodConfig, labelled_losses
 from .losses import resize_to, pseudo_label_loss, pixel_contrastive_loss
 
-# %% ../nbs/08_stage2.ipynb #9061a899
+# %% ../nbs/08_stage2.ipynb #48dca7be
 @torch.no_grad()
 def ema_update(teacher:torch.nn.Module, student:torch.nn.Module, beta:float=0.995, buffers:bool=False):
     "theta_t <- beta*theta_t + (1-beta)*theta_s for every parameter (and copy buffers if `buffers`)."
@@ -21,7 +21,7 @@ def ema_update(teacher:torch.nn.Module, student:torch.nn.Module, beta:float=0.99
     if buffers:
         for tb, sb in zip(teacher.buffers(), student.buffers()): tb.copy_(sb)
 
-# %% ../nbs/08_stage2.ipynb #10eaed84
+# %% ../nbs/08_stage2.ipynb #27416187
 @torch.no_grad()
 def reset_student_to_teacher(m:ELNModels):
     "Overwrite the student with the teacher, buffers included (the official per-epoch reset)."
@@ -31,7 +31,7 @@ def start_teacher(m:ELNModels):
     "At the start of stage 2 the teacher becomes a copy of the student."
     with torch.no_grad(): m.teacher.load_state_dict(m.student.state_dict())
 
-# %% ../nbs/08_stage2.ipynb #31c85ca5
+# %% ../nbs/08_stage2.ipynb #70a80844
 @torch.no_grad()
 def pseudo_labels(m:ELNModels, weak:torch.Tensor, cfg:MethodConfig=MethodConfig()):
     "Teacher forward on the weak view and the filter -> (target logits [B,C,h,w], f_t [B,D,h,w], keep [B,h,w] bool)."
@@ -45,7 +45,7 @@ def pseudo_labels(m:ELNModels, weak:torch.Tensor, cfg:MethodConfig=MethodConfig(
         keep = z_t.float().softmax(1).amax(1) >= cfg.conf_threshold
     return z_t, f_t, keep
 
-# %% ../nbs/08_stage2.ipynb #672b142a
+# %% ../nbs/08_stage2.ipynb #6def8dba
 def unlabelled_losses(m:ELNModels, unlab:dict, cfg:MethodConfig=MethodConfig(), generator=None):
     "L_st + L_con on an unlabelled batch {'weak','strong' [B,3,H,W], 'label' [B,H,W]} -> (loss, logs)."
     z_t, f_t, keep = pseudo_labels(m, unlab['weak'], cfg)
