@@ -100,6 +100,15 @@ def run_one(a, method, seed):
 # ---------------------------------------------------------------- error localization on the unlabelled training images
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
+def _ap(score, positive):
+    "Average precision of `score` (higher = more likely positive) for the bool labels `positive` (1-D)."
+    import torch
+    order = torch.argsort(score.float(), descending=True)
+    pos = positive[order].double(); tp = pos.cumsum(0)
+    prec = tp / torch.arange(1, len(pos) + 1, dtype=torch.float64)
+    return round(float((prec * pos).sum() / pos.sum().clamp(min=1)), 4)
+
+
 def analyse(run, threads=1, limit=0, data_root=None):
     "Error-localization scores of a run's final teacher on its unlabelled training images -> dict (also analysis.json)."
     import torch
@@ -151,6 +160,14 @@ def analyse(run, threads=1, limit=0, data_root=None):
         tc = 1 - matched(1 - conf, frac); F['conf@eln_rate'] = {'kind': 'confidence', 'threshold': round(tc, 4), **score(conf < tc)}
         th = matched(ent, frac); F['entropy@eln_rate'] = {'kind': 'entropy', 'threshold': round(th, 4), **score(ent > th)}
         F['oracle_rate'] = {'kind': 'note', 'flagged': res['error_rate']}
+        # ranking alone, at the true error rate: each score flags exactly as many pixels as the teacher gets wrong
+        er = res['error_rate']
+        te = 1 - matched(1 - eln_p, er); F['eln@error_rate'] = {'kind': 'eln', 'threshold': round(te, 6), **score(eln_p < te)}
+        tc = 1 - matched(1 - conf, er); F['conf@error_rate'] = {'kind': 'confidence', 'threshold': round(tc, 4), **score(conf < tc)}
+        res['eln_mean_keep_prob'] = round(float(eln_p[valid].mean()), 4)   # the ELN's belief in the teacher's accuracy
+    # threshold-free: average precision of each score at finding the wrong pixels (chance = the error rate)
+    res['average_precision'] = {'confidence': _ap(1 - conf[valid], wrong[valid]), 'entropy': _ap(ent[valid], wrong[valid])}
+    if has_eln: res['average_precision']['eln'] = _ap(1 - eln_p[valid], wrong[valid])
     res['time_s'] = round(time.time() - t0, 1)
     (run/'analysis.json').write_text(json.dumps(res, indent=1))
     return res
@@ -212,6 +229,13 @@ def aggregate(a, failed=()):
         if not ans: continue
         names = [n for n in ans[0]['filters'] if ans[0]['filters'][n].get('kind') != 'note']
         loc[method] = {'runs': [x['run'] for x in ans], 'error_rate': _stats([x['error_rate'] for x in ans])['mean'],
+                       'teacher_accuracy': _stats([x['teacher_accuracy'] for x in ans])['mean'],
+                       'eln_mean_keep_prob': _stats([x.get('eln_mean_keep_prob') for x in ans])['mean'],
+                       'average_precision': {k: _stats([x.get('average_precision', {}).get(k) for x in ans])['mean']
+                                             for k in ans[0].get('average_precision', {})},
+                       'per_run': {x['run']: {'error_rate': x['error_rate'], 'average_precision': x.get('average_precision'),
+                                              **{n: {k: x['filters'][n].get(k) for k in ('flagged', 'precision', 'recall', 'f1')}
+                                                 for n in ('eln', 'conf<0.95') if n in x['filters']}} for x in ans},
                        'filters': {n: {k: _stats([x['filters'][n].get(k) for x in ans])['mean']
                                        for k in ('threshold', 'precision', 'recall', 'f1', 'precision_total', 'recall_total',
                                                  'f1_total', 'flagged', 'kept_accuracy')} for n in names}}
