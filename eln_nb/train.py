@@ -469,7 +469,7 @@ def train_step(self:Trainer, phase):
     act = self.sched.action(self.it, self.cfg.reset_student)
     if act == 'start_teacher': start_teacher(self.m)
     elif act == 'reset_student': reset_student_to_teacher(self.m)
-    lab = self._loader('lab'); unl = self._loader('unl') if phase == '2' and self.data.unlabelled is not None else None
+    lab = self._loader('lab'); unl = self._loader('unl') if phase == '2' and self.data.unlabelled is not None and self.m.filter != 'supervised' else None  # the supervised baseline never loads unlabelled batches
     with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
         loss, logs = self.step('1b' if phase == '2' and unl is None else phase, lab, unl)
     self._check_finite(loss, logs, phase)
