@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from .backbones import ResNetEncoder
-from .aspp import ASPP, aspp_rates, conv_bn_relu, init_kaiming
+from .aspp import ASPP, Dropout, aspp_rates, conv_bn_relu, init_kaiming
 
 # %% auto #0
 __all__ = ['DeepLabV3PlusDecoder', 'head', 'Decoder', 'resnet_depth', 'SegModel', 'AuxDecoders']
@@ -17,8 +17,8 @@ class DeepLabV3PlusDecoder(nn.Module):
     def __init__(self, low_channels=256, channels=256, reduced=48):
         super().__init__()
         self.reduce = conv_bn_relu(low_channels, reduced)
-        self.conv1, self.drop1 = conv_bn_relu(channels + reduced, 256, 3), nn.Dropout(0.5)
-        self.conv2, self.drop2 = conv_bn_relu(256, 256, 3), nn.Dropout(0.1)
+        self.conv1, self.drop1 = conv_bn_relu(channels + reduced, 256, 3), Dropout(0.5)
+        self.conv2, self.drop2 = conv_bn_relu(256, 256, 3), Dropout(0.1)
         self.out = nn.Conv2d(256, 256, 1)  # with bias, no ReLU
         init_kaiming(self)
 

@@ -202,3 +202,54 @@ def test_torch_compile():
         z = cseg(x)[0]
         out = z, celn(x, z)
     for a, b in zip(ref, out): torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+# --- CPU speed-ups of 02_aspp: same maths as the stock modules -------------------------------------------------------
+from eln_nb.aspp import Dropout, AtrousConv2d, tap_fraction, keep_mask
+
+
+@pytest.mark.parametrize('p', [0.1, 0.5, 0.9])
+def test_dropout_rate_and_scale(p):
+    torch.manual_seed(0)
+    y = Dropout(p)(torch.ones(8, 32, 41, 41))
+    assert abs((y != 0).float().mean().item() - (1 - p)) < 0.004
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+    assert abs(y.mean().item() - 1) < 0.02                      # E[dropout(x)] = x
+
+
+def test_dropout_mask_bits_are_uniform():
+    torch.manual_seed(0)
+    m = keep_mask((1 << 20,), 0.5)                              # p = 0.5 compares the top bit of each 16-bit draw
+    assert abs(m.float().mean().item() - 0.5) < 0.003
+    m4 = m.view(-1, 4).float().mean(0)                          # each of the four 16-bit words of an int64 is used alike
+    assert (m4 - 0.5).abs().max() < 0.005
+
+
+@pytest.mark.parametrize('d,size', [(12, 21), (18, 21), (6, 21), (18, 9)])
+@pytest.mark.parametrize('cl', [False, True])
+def test_atrous_conv_matches_conv2d(d, size, cl):
+    torch.manual_seed(0)
+    a = AtrousConv2d(16, 8, 3, padding=d, dilation=d, bias=False)
+    b = torch.nn.Conv2d(16, 8, 3, padding=d, dilation=d, bias=False); b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 16, size, size + 3)
+    if cl: a, b, x = a.to(memory_format=torch.channels_last), b.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(2, 8, size, size + 3)
+    ya, yb = a(xa), b(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+    ya.backward(g); yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_atrous_conv_bf16_autocast_close_to_fp32():
+    torch.manual_seed(0)
+    a = AtrousConv2d(64, 32, 3, padding=12, dilation=12, bias=False)
+    assert tap_fraction(21, 21, 12) < 0.5                       # this size takes the custom backward
+    x = torch.randn(2, 64, 21, 21, requires_grad=True)
+    a(x).square().mean().backward(); g32 = a.weight.grad.clone(); a.weight.grad = None
+    with torch.autocast('cpu', dtype=torch.bfloat16): y = a(x)
+    assert y.dtype == torch.bfloat16
+    y.float().square().mean().backward()
+    assert a.weight.grad.dtype == torch.float32
+    assert (a.weight.grad - g32).abs().max() < 0.03 * g32.abs().max()
