@@ -89,7 +89,8 @@ def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,D,h,w] teacher embedding
                            pseudo:torch.Tensor, # [B,h,w] int64 pseudo labels (255 = not kept)
                            keep:torch.Tensor, # [B,h,w] bool, kept pixels (the ELN mask)
                            tau:float=0.5, windows:int=8, window_size:int=32,
-                           generator:torch.Generator=None) -> torch.Tensor: # scalar
+                           generator:torch.Generator=None,
+                           compact:bool=None) -> torch.Tensor: # scalar; compact: drop unkept pixels before E (None: on the CPU only)
     "The official windowed, per-class aggregated InfoNCE with teacher anchors and student positives/negatives."
     B, D, H, W = f_teacher.shape
     if f_student.shape != f_teacher.shape or pseudo.shape != (B, H, W) or keep.shape != (B, H, W):
@@ -101,7 +102,15 @@ def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,D,h,w] teacher embedding
     keep = keep.bool() & (pseudo != 255) & (pseudo >= 0)
     y = torch.where(keep, pseudo, torch.zeros_like(pseudo)).long()
     C = int(y.max()) + 1
+    if compact is None: compact = f_student.device.type == 'cpu'   # GPU: fixed shapes, no host sync
     with torch.autocast(f_student.device.type, enabled=False):
         t, s = F.normalize(f_teacher.detach().float(), dim=1, eps=1e-8), F.normalize(f_student.float(), dim=1, eps=1e-8)
-        ls = [_window_contrast(*(_crop(x, i, j, wh, ww) for x in (t, s, y, keep.float())), C, tau) for i, j in zip(ys, xs)]
+        ls = []
+        for i, j in zip(ys, xs):
+            tw, sw, yw, kw = (_crop(x, i, j, wh, ww) for x in (t, s, y, keep))
+            if compact:
+                idx = kw.nonzero()[:, 0]
+                tw, sw, yw, kw = tw[idx], sw[idx], yw[idx], kw[idx]
+            ls.append(_window_contrast(tw, sw, yw, kw.float(), C, tau))
     return torch.stack(ls).mean()
+

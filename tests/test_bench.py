@@ -1,11 +1,11 @@
 "eln_nb_bench: the JSON report of a tiny run (in-process and with one subprocess per phase), the table, bad options."
 import json, subprocess, sys
 import pytest
-from eln_nb.bench import bench_main, bench_parser, BenchConfig, BREAKDOWN, PHASES, is_anchor_preset
+from eln_nb.bench import bench_main, bench_parser, BenchConfig, BREAKDOWN, PHASES, ANCHOR, is_anchor_preset, summarize, format_table
 from helpers import subprocess_env
 
 TINY = ['--size', '48', '--backbone', 'resnet18', '--eln-backbone', 'resnet18', '--num-classes', '3', '--threads', '1',
-        '--iters', '2', '--warmup', '1', '--breakdown-iters', '1']
+        '--iters', '2', '--warmup', '1', '--breakdown-iters', '1', '--no-calibrate']
 
 def _run_json(capsys, *extra):
     assert bench_main(['--json', *TINY, *extra]) == 0
@@ -66,3 +66,23 @@ def test_help_lists_the_options():
     for opt in ('--iters', '--warmup', '--size', '--batch', '--backbone', '--eln-backbone', '--num-classes', '--amp',
                 '--channels-last', '--threads', '--device', '--phases', '--json', '--data', '--isolate', '--flops'):
         assert opt in h, opt
+
+
+def test_anchor_ratios_adjusted_for_machine_speed():
+    "At the anchor preset: raw ratios, ratios divided by the machine factor, and both target verdicts in the table."
+    times = {'1a': 1.0, '1b': 4.0, '2': 8.0}
+    ph = {p: {'median_s': t, 'min_s': t * 0.9, 'times_s': [t], 'images_per_s': 2 / t, 'peak_memory_mb': 1024.0} for p, t in times.items()}
+    info = {'device': 'cpu', 'reference_s': 2.5, 'torch': 'x', 'cpu_model': 'x', 'amx': True, 'loadavg': [1, 1, 1],
+            'loadavg_start': [1, 1, 1]}
+    rep = summarize(BenchConfig(amp='bf16', channels_last=True), {'phases': ph, 'breakdown': None, 'isolated': True, 'threads': 2}, info)
+    assert rep['machine_factor'] == pytest.approx(2.5 / ANCHOR['reference_s'])
+    for p, t in times.items():
+        assert rep['anchor_ratio'][p] == pytest.approx(t / ANCHOR['median_s'][p])
+        assert rep['anchor_ratio_adjusted'][p] == pytest.approx(t / ANCHOR['median_s'][p] / rep['machine_factor'])
+    out = format_table(rep)
+    assert 'factor 1.25' in out and 'target: <= 0.4x' in out
+    raw_ok = max(rep['anchor_ratio'].values()) <= 0.4
+    assert ('NOT met (adjusted' in out) == (not raw_ok)
+    info['reference_s'] = None
+    rep = summarize(BenchConfig(), {'phases': ph, 'breakdown': None, 'isolated': True, 'threads': 2}, info)
+    assert rep['machine_factor'] is None and rep['anchor_ratio_adjusted'] is None and 'factor' not in format_table(rep)

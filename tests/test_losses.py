@@ -216,3 +216,17 @@ def test_contrastive_under_autocast_and_bad_shapes():
         got = pixel_contrastive_loss(ft.bfloat16(), fs.bfloat16(), pseudo, keep)
     assert got.dtype == torch.float32 and close(got, ref, 2e-2)
     with pytest.raises(ValueError): pixel_contrastive_loss(ft, fs[..., :2], pseudo, keep)
+
+
+@pytest.mark.parametrize('keep_p', [0.0, 0.3, 0.9, 1.0])
+def test_contrastive_compact_equals_full_matrix(keep_p):
+    "Dropping unkept pixels before the [V,V] matrix (the CPU path) gives the GPU path's loss and gradient."
+    g = torch.Generator().manual_seed(3)
+    ft, fs = torch.randn(2, 8, 12, 12, generator=g), torch.randn(2, 8, 12, 12, generator=g)
+    pseudo, keep = torch.randint(0, 4, (2, 12, 12), generator=g), torch.rand(2, 12, 12, generator=g) < keep_p
+    out = []
+    for compact in (True, False):
+        s = fs.clone().requires_grad_()
+        l = pixel_contrastive_loss(ft, s, pseudo, keep, windows=3, window_size=6, generator=torch.Generator().manual_seed(1), compact=compact)
+        l.backward(); out.append((l.detach(), s.grad))
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-6) and torch.allclose(out[0][1], out[1][1], atol=1e-6)
