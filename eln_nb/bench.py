@@ -35,7 +35,7 @@ PHASES = ('1a', '1b', '2')
 class BenchConfig:
     "Options of one benchmark run (the defaults are the anchor's preset)."
     iters: int = 5                 # timed iterations per phase
-    warmup: int = 1                # untimed iterations before them (also for the floor)
+    warmup: int = 2                # untimed iterations before them (also for the floor); from the 2nd on, AdamW's state exists
     size: int = 321                # crop side
     batch: int = 2                 # labelled images per iteration (and as many unlabelled ones in phase 2)
     backbone: str = 'resnet50'     # student (and teacher, auxiliary decoders' encoder features)
@@ -422,9 +422,13 @@ def run_bench(cfg:BenchConfig) -> dict:
     info = machine_info(); info['loadavg_start'] = info['loadavg']
     dev = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
     iso = cfg.isolate == 'on' or (cfg.isolate == 'auto' and torch.device(dev).type == 'cpu')
+    cal = cfg.calibrate and torch.device(dev).type == 'cpu'
+    ref = [reference_time(cfg.threads or 2)] if cal else []      # before and after the phases: the machine drifts
     res = run_isolated(cfg) if iso else run_phases(cfg)
     info['device'] = torch.device(dev).type
-    info['reference_s'] = reference_time(cfg.threads or 2) if cfg.calibrate and info['device'] == 'cpu' else None
+    if cal: ref.append(reference_time(cfg.threads or 2))
+    info['reference_times_s'] = ref
+    info['reference_s'] = statistics.fmean(ref) if ref else None
     info['loadavg'] = list(os.getloadavg())
     if info['device'] == 'cuda': info['gpu'] = torch.cuda.get_device_name(torch.device(dev))
     rep = summarize(cfg, res, info)
