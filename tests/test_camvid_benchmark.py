@@ -37,3 +37,22 @@ def test_camvid_benchmark_smoke(tmp_path, camvid):
     # resumable: a second call trains nothing and rebuilds the same results
     out2, res2 = bench(tmp_path, camvid)
     assert 'train eln_s0' not in out2 and res2['runs']['eln_s0']['student_miou'] == run['student_miou']
+
+
+def test_merge_keeps_earlier_methods_in_method_order():
+    "--merge: the new file gets the earlier file's methods it lacks (runs and error-localization scores too), in METHODS order."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('camvid_benchmark', SCRIPT); mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = lambda m, s: {'method': m, 'split_seed': s}
+    old = {'created': 'then', 'command': 'old cmd', 'failed': [],
+           'methods': {'none': {'v': 1}, 'eln': {'v': 2}}, 'runs': {'none_s0': run('none', 0), 'eln_s0': run('eln', 0)},
+           'error_localization': {'eln': {'x': 1}}, 'setup': {'methods': ['none', 'eln']}}
+    new = {'created': 'now', 'command': 'new cmd', 'failed': ['ecn_s1: boom'],
+           'methods': {'ecn': {'v': 3}, 'eln': {'v': 4}}, 'runs': {'ecn_s0': run('ecn', 0), 'eln_s0': run('eln', 0) | {'new': True}},
+           'error_localization': {}, 'setup': {'methods': ['ecn', 'eln']}}
+    res = mod.merge(old, new)
+    assert list(res['methods']) == ['none', 'eln', 'ecn'] and res['setup']['methods'] == ['none', 'eln', 'ecn']
+    assert res['methods']['eln'] == {'v': 4} and res['methods']['none'] == {'v': 1}        # what this run trained wins
+    assert list(res['runs']) == ['none_s0', 'eln_s0', 'ecn_s0'] and res['runs']['eln_s0'].get('new')
+    assert res['error_localization'] == {} and res['merged']['methods'] == ['none'] and res['failed'] == ['ecn_s1: boom']

@@ -48,6 +48,8 @@ def parser():
     g.add_argument('--extra', nargs=argparse.REMAINDER, default=[], help='further eln_nb_train options, passed as they are')
     p.add_argument('--keep-checkpoints', action='store_true', help='keep best.pt and last.prev.pt (default: only last.pt)')
     p.add_argument('--aggregate-only', action='store_true', help='do not train or analyse; rebuild the JSON from the runs')
+    p.add_argument('--merge', action='store_true',
+                   help='keep the methods already in --json that this invocation does not train (e.g. add ecn to a finished run)')
     p.add_argument('--analysis-run', default=None, help=argparse.SUPPRESS)   # internal: analyse one run folder
     return p
 
@@ -259,6 +261,24 @@ def aggregate(a, failed=()):
             'methods': methods, 'error_localization': loc, 'runs': runs, 'failed': list(failed)}
 
 
+def merge(old, new):
+    "Methods (with their runs and error-localization scores) of an earlier results file that `new` lacks, added to `new`."
+    added = [m for m in old['methods'] if m not in new['methods']]
+    for m in added:
+        new['methods'][m] = old['methods'][m]
+        new['runs'].update({k: r for k, r in old['runs'].items() if r['method'] == m})
+        if m in old['error_localization']: new['error_localization'][m] = old['error_localization'][m]
+    if added:
+        order = [m for m in METHODS if m in new['methods']]
+        new['methods'] = {m: new['methods'][m] for m in order}
+        new['runs'] = {k: new['runs'][k] for m in order for k in new['runs'] if new['runs'][k]['method'] == m}
+        new['setup']['methods'] = order
+        new['merged'] = {'methods': added, 'from_created': old['created'], 'from_command': old['command'],
+                         'note': 'these methods were trained by the earlier command; the others by this one'}
+    new['failed'] = list(old.get('failed', [])) + list(new['failed'])
+    return new
+
+
 def _cpu():
     try:
         for l in open('/proc/cpuinfo'):
@@ -289,6 +309,7 @@ def main(argv=None):
                 if err: failed.append(err); log('FAILED ' + err)
         log(f"all runs done in {time.time() - t:.0f} s")
     res = aggregate(a, failed)
+    if a.merge and Path(a.json).is_file(): res = merge(json.loads(Path(a.json).read_text()), res)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(_clean(res), indent=1))
     log(f"wrote {a.json}")
