@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['ANCHOR', 'TARGETS', 'PHASES', 'BREAKDOWN', 'BenchConfig', 'machine_info', 'peak_memory_mb', 'reference_time',
-           'batch_sources', 'Bench', 'step_loss', 'iteration', 'floor_loss', 'floor_iteration', 'Timer',
-           'breakdown_iteration', 'count_flops', 'measure_phase', 'measure_breakdown', 'run_phases', 'config_args',
-           'run_isolated', 'is_anchor_preset', 'summarize', 'format_table', 'bench_parser', 'run_bench', 'bench_main']
+           'reference_time_isolated', 'batch_sources', 'Bench', 'step_loss', 'iteration', 'floor_loss',
+           'floor_iteration', 'Timer', 'breakdown_iteration', 'count_flops', 'measure_phase', 'measure_breakdown',
+           'run_phases', 'config_args', 'run_isolated', 'is_anchor_preset', 'summarize', 'format_table', 'bench_parser',
+           'run_bench', 'bench_main']
 
 # %% ../nbs/12_bench.ipynb #dde7bf2f
 import argparse, gc, itertools, json, os, platform, re, resource, statistics, subprocess, sys, time
@@ -85,6 +86,13 @@ def reference_time(threads:int=2, iters:int=3) -> float:
             t0 = time.perf_counter(); m(x).sum().backward(); ts.append(time.perf_counter() - t0)
         return statistics.median(ts[1:])
     finally: torch.set_num_threads(old)
+
+def reference_time_isolated(threads:int=2) -> float:
+    "`reference_time` in a fresh subprocess, so the parent (whose peak RSS the phase subprocesses inherit) stays small."
+    r = subprocess.run([sys.executable, '-c', f'from eln_nb.bench import reference_time; print(reference_time({threads}))'],
+                       capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
+    if r.returncode: raise RuntimeError(f"the ResNet-50 reference failed:\n{r.stderr[-2000:]}")
+    return float(r.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/12_bench.ipynb #409cfef3
 def _to(b:dict, device, cl=False) -> dict:
@@ -423,10 +431,10 @@ def run_bench(cfg:BenchConfig) -> dict:
     dev = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
     iso = cfg.isolate == 'on' or (cfg.isolate == 'auto' and torch.device(dev).type == 'cpu')
     cal = cfg.calibrate and torch.device(dev).type == 'cpu'
-    ref = [reference_time(cfg.threads or 2)] if cal else []      # before and after the phases: the machine drifts
+    ref = [reference_time_isolated(cfg.threads or 2)] if cal else []      # before and after the phases: the machine drifts
     res = run_isolated(cfg) if iso else run_phases(cfg)
     info['device'] = torch.device(dev).type
-    if cal: ref.append(reference_time(cfg.threads or 2))
+    if cal: ref.append(reference_time_isolated(cfg.threads or 2))
     info['reference_times_s'] = ref
     info['reference_s'] = statistics.fmean(ref) if ref else None
     info['loadavg'] = list(os.getloadavg())
