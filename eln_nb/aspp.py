@@ -102,11 +102,15 @@ class _AtrousConv3x3(torch.autograd.Function):
 
 class AtrousConv2d(nn.Conv2d):
     "`nn.Conv2d` (3x3, dilation d, padding d, no bias) whose CPU backward skips taps that read only padding"
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        d = self.dilation[0]   # the layouts the custom backward handles; any other falls back to nn.Conv2d
+        self.tapwise = (self.kernel_size == (3, 3) and self.bias is None and self.groups == 1
+                        and self.dilation == (d, d) and self.padding == (d, d))
+
     def forward(self, x):
         d = self.dilation[0]
-        if (x.device.type != 'cpu' or self.kernel_size != (3, 3) or self.bias is not None or self.groups != 1
-                or self.dilation != (d, d) or self.padding != (d, d) or tap_fraction(*x.shape[-2:], d) >= 0.5):
-            return super().forward(x)
+        if not self.tapwise or x.device.type != 'cpu' or tap_fraction(*x.shape[-2:], d) >= 0.5: return super().forward(x)
         w = self.weight
         if torch.is_autocast_enabled('cpu'):
             dt = torch.get_autocast_dtype('cpu')

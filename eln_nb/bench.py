@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ANCHOR', 'TARGETS', 'PHASES', 'BREAKDOWN', 'BenchConfig', 'machine_info', 'peak_memory_mb', 'reference_time',
-           'reference_time_isolated', 'batch_sources', 'Bench', 'step_loss', 'iteration', 'floor_loss',
+           'run_python', 'reference_time_isolated', 'batch_sources', 'Bench', 'step_loss', 'iteration', 'floor_loss',
            'floor_iteration', 'Timer', 'breakdown_iteration', 'count_flops', 'measure_phase', 'measure_breakdown',
            'run_phases', 'config_args', 'run_isolated', 'is_anchor_preset', 'summarize', 'format_table', 'bench_parser',
            'run_bench', 'bench_main']
@@ -87,12 +87,16 @@ def reference_time(threads:int=2, iters:int=3) -> float:
         return statistics.median(ts[1:])
     finally: torch.set_num_threads(old)
 
+def run_python(code:str, threads:int=0, what='a child process') -> str:
+    "Run `code` in a fresh Python (OMP_NUM_THREADS=`threads` if set) -> the last line it printed; its stderr on failure."
+    env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    if r.returncode: raise RuntimeError(f"{what} failed:\n{r.stderr[-3000:]}")
+    return r.stdout.strip().splitlines()[-1]
+
 def reference_time_isolated(threads:int=2) -> float:
     "`reference_time` in a fresh subprocess, so the parent (whose peak RSS the phase subprocesses inherit) stays small."
-    r = subprocess.run([sys.executable, '-c', f'from eln_nb.bench import reference_time; print(reference_time({threads}))'],
-                       capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
-    if r.returncode: raise RuntimeError(f"the ResNet-50 reference failed:\n{r.stderr[-2000:]}")
-    return float(r.stdout.strip().splitlines()[-1])
+    return float(run_python(f'from eln_nb.bench import reference_time; print(reference_time({threads}))', threads, 'the ResNet-50 reference'))
 
 # %% ../nbs/12_bench.ipynb #409cfef3
 def _to(b:dict, device, cl=False) -> dict:
@@ -317,13 +321,10 @@ def config_args(cfg:BenchConfig) -> list:
 def run_isolated(cfg:BenchConfig) -> dict:
     "Each phase in its own subprocess -> merged result of `run_phases`."
     out = {'phases': {}, 'breakdown': None, 'isolated': True}
-    env = {**os.environ, **({'OMP_NUM_THREADS': str(cfg.threads)} if cfg.threads else {})}
     for ph in cfg.phases:
         argv = config_args(cfg) + ['--phases', ph, '--isolate', 'off', '--json']
-        r = subprocess.run([sys.executable, '-c', f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))'],
-                           capture_output=True, text=True, env=env)
-        if r.returncode: raise RuntimeError(f"phase {ph} failed in its subprocess:\n{r.stderr[-3000:]}")
-        child = json.loads(r.stdout.strip().splitlines()[-1])
+        child = json.loads(run_python(f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))',
+                                      cfg.threads, f'phase {ph} in its subprocess'))
         out['phases'][ph] = child['phases'][ph]; out['threads'], out['base_rss_mb'] = child['threads'], child['base_rss_mb']
         if ph == '2': out['breakdown'] = child['breakdown']
     return out
@@ -429,16 +430,14 @@ def run_bench(cfg:BenchConfig) -> dict:
     "Run the benchmark described by `cfg` -> the JSON report."
     info = machine_info(); info['loadavg_start'] = info['loadavg']
     dev = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
-    iso = cfg.isolate == 'on' or (cfg.isolate == 'auto' and torch.device(dev).type == 'cpu')
-    cal = cfg.calibrate and torch.device(dev).type == 'cpu'
+    info['device'] = kind = torch.device(dev).type
+    cal = cfg.calibrate and kind == 'cpu'
     ref = [reference_time_isolated(cfg.threads or 2)] if cal else []      # before and after the phases: the machine drifts
-    res = run_isolated(cfg) if iso else run_phases(cfg)
-    info['device'] = torch.device(dev).type
+    res = run_isolated(cfg) if cfg.isolate == 'on' or (cfg.isolate == 'auto' and kind == 'cpu') else run_phases(cfg)
     if cal: ref.append(reference_time_isolated(cfg.threads or 2))
-    info['reference_times_s'] = ref
-    info['reference_s'] = statistics.fmean(ref) if ref else None
+    info['reference_times_s'], info['reference_s'] = ref, (statistics.fmean(ref) if ref else None)
     info['loadavg'] = list(os.getloadavg())
-    if info['device'] == 'cuda': info['gpu'] = torch.cuda.get_device_name(torch.device(dev))
+    if kind == 'cuda': info['gpu'] = torch.cuda.get_device_name(torch.device(dev))
     rep = summarize(cfg, res, info)
     if cfg.peak_tflops:
         rep['mfu'] = {p: r['tflop_per_s'] / cfg.peak_tflops for p, r in rep['phases'].items() if 'tflop_per_s' in r}
