@@ -4,13 +4,14 @@
 
 # %% ../nbs/01_backbones.ipynb #bfc81143
 from __future__ import annotations
-import warnings
+import os, warnings
 from pathlib import Path
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torchvision
 from torchvision.models.resnet import Bottleneck, conv1x1
 
 # %% auto #0
-__all__ = ['RESNET_SPECS', 'TORCHVISION_FILES', 'DilatedBasicBlock', 'layer_plan', 'find_weights', 'load_imagenet',
+__all__ = ['RESNET_SPECS', 'TORCHVISION_FILES', 'DilatedBasicBlock', 'layer_plan', 'PretrainedWeightsError', 'imagenet_weights',
+           'hub_file', 'fetch_command', 'cached_imagenet', 'fetch_imagenet', 'find_weights', 'load_imagenet',
            'widen_first_conv', 'ResNetEncoder']
 
 # %% ../nbs/01_backbones.ipynb #e7fb29f6
@@ -54,24 +55,58 @@ def _make_layer(block, inplanes, planes, stride, dilations, norm_layer=nn.BatchN
 
 # %% ../nbs/01_backbones.ipynb #1cefcc8b
 TORCHVISION_FILES = {18: ('resnet18-f37072fd.pth', 'resnet18-5c106cde.pth'), 34: ('resnet34-b627a593.pth', 'resnet34-333f7ec4.pth'),
-                     50: ('resnet50-0676ba61.pth', 'resnet50-19c8e357.pth', 'resnet50-11ad3fa6.pth'),
-                     101: ('resnet101-63fe2227.pth', 'resnet101-5d3b4d8f.pth', 'resnet101-cd907fc2.pth')}
+                     50: ('resnet50-0676ba61.pth', 'resnet50-19c8e357.pth'), 101: ('resnet101-63fe2227.pth', 'resnet101-5d3b4d8f.pth')}
+
+class PretrainedWeightsError(FileNotFoundError):
+    "ImageNet weights that were asked for cannot be had; the message names the file and how to fetch it."
+
+def imagenet_weights(depth):
+    "torchvision's `ResNet{depth}_Weights.IMAGENET1K_V1`: the weights the official code loads"
+    return getattr(torchvision.models, f'ResNet{depth}_Weights').IMAGENET1K_V1
+
+def hub_file(depth) -> Path:
+    "The file torchvision's weights API writes for ResNet-`depth`'s ImageNet weights"
+    return Path(torch.hub.get_dir()) / 'checkpoints' / imagenet_weights(depth).url.rsplit('/', 1)[-1]
+
+def fetch_command(depth) -> str:
+    "The one-line shell command that downloads ResNet-`depth`'s ImageNet weights into the hub cache"
+    return f'python -c "import torchvision; torchvision.models.ResNet{depth}_Weights.IMAGENET1K_V1.get_state_dict()"'
+
+# %% ../nbs/01_backbones.ipynb #22ff0832
+def cached_imagenet(depth):
+    "ResNet-`depth`'s ImageNet file in the torch hub cache (under either torchvision name), or None"
+    ckpt = Path(torch.hub.get_dir()) / 'checkpoints'
+    return next((ckpt / f for f in TORCHVISION_FILES[depth] if (ckpt / f).is_file()), None)
+
+def fetch_imagenet(depth, download=True) -> Path:
+    "The hub-cache file of ResNet-`depth`'s ImageNet weights, downloaded through torchvision if missing and allowed"
+    found = cached_imagenet(depth)
+    if found is not None: return found
+    why = 'downloads are off (ELN_NB_OFFLINE is set)' if os.environ.get('ELN_NB_OFFLINE') else 'not downloaded'
+    if download and not os.environ.get('ELN_NB_OFFLINE'):
+        try:
+            imagenet_weights(depth).get_state_dict(progress=True)
+            return hub_file(depth)
+        except Exception as e: why = f'download failed: {type(e).__name__}: {e}'
+    raise PretrainedWeightsError(f"ImageNet weights for ResNet-{depth} not found: expected {hub_file(depth)} ({why}). "
+                                 f"Fetch them once with:\n  {fetch_command(depth)}\n"
+                                 "or give a local torchvision state dict (--pretrained PATH), or 'none' for random init")
+
+# %% ../nbs/01_backbones.ipynb #a64211c6
 _warned = []  # one random-init warning per process
 
 def find_weights(depth, pretrained=None):
-    "Path of the ImageNet weights to load for `pretrained` (None=auto, False=none, True=required, or a path), or None"
+    "Path of the ImageNet weights for `pretrained` (None=auto, False=none, True=ImageNet, or a path), or None"
     if pretrained is False: return None
-    if pretrained is not None and pretrained is not True:
-        if not Path(pretrained).is_file(): raise FileNotFoundError(f'pretrained weights not found: {pretrained}')
+    if pretrained is True: return fetch_imagenet(depth)
+    if pretrained is not None:
+        if not Path(pretrained).is_file(): raise PretrainedWeightsError(f'pretrained weights not found: {pretrained}')
         return Path(pretrained)
-    ckpt = Path(torch.hub.get_dir()) / 'checkpoints'
-    found = next((ckpt / f for f in TORCHVISION_FILES[depth] if (ckpt / f).is_file()), None)
-    if found is None and pretrained is True:
-        raise FileNotFoundError(f'no ImageNet weights for ResNet-{depth} in {ckpt} (expected one of {TORCHVISION_FILES[depth]}); pass a path')
+    found = cached_imagenet(depth)
     if found is None and not _warned:
         _warned.append(depth)
-        warnings.warn(f'No ImageNet weights for ResNet-{depth} in {ckpt}: the backbone starts from RANDOM init. '
-                      'Put torchvision\'s file there or pass pretrained=PATH (pretrained=False silences this).', stacklevel=3)
+        warnings.warn(f'No ImageNet weights for ResNet-{depth} in the torch hub cache: the backbone starts from RANDOM init. '
+                      f'Fetch them with: {fetch_command(depth)}', stacklevel=3)
     return found
 
 # %% ../nbs/01_backbones.ipynb #617504c3

@@ -10,11 +10,11 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VOC_CLASSES', 'CITYSCAPES_CLASSES',
            'synthetic_styles', 'draw_shapes', 'render_textures', 'SyntheticScenes', 'nested_splits', 'split_labelled',
            'write_split', 'read_split', 'check_split', 'shared_dir', 'RandomScale', 'weak_geometry',
            'strong_photometric', 'cutmix_box', 'apply_cutmix', 'LabelledView', 'UnlabelledViews', 'sample_seed',
-           'EndlessSampler', 'ViewDataset', 'collate_views', 'EndlessLoader', 'make_loader', 'EvalView', 'eval_loader',
-           'get_dataset', 'colorize', 'show_views']
+           'EndlessSampler', 'ViewDataset', 'collate_views', 'EpochBatchSampler', 'EndlessLoader', 'make_loader',
+           'EvalView', 'eval_loader', 'get_dataset', 'colorize', 'show_views']
 
 # %% ../nbs/00_data.ipynb #1d234493
-import json, math, os
+import itertools, json, math, os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -483,6 +483,20 @@ def collate_views(batch, keys):
     try: return {k: torch.stack([b[j] for b in batch]) for j, k in enumerate(keys)}
     except RuntimeError as e: raise DatasetError(f"cannot batch samples of different sizes ({e}); give the view a crop or resize") from e
 
+# %% ../nbs/00_data.ipynb #a823a905
+class EpochBatchSampler(Sampler):
+    "Endless batches of `(index, sample_seed)` that follow `sampler`'s epochs; each epoch ends with a partial batch."
+    def __init__(self, sampler:EndlessSampler, batch_size:int, start_step:int=0):
+        self.smp, self.bs, self.start = sampler, batch_size, start_step
+        self.per_epoch = math.ceil(sampler.per_rank / batch_size)             # batches per epoch and rank
+    def __iter__(self):
+        s, epoch, idx = self.smp, None, None
+        for step in itertools.count(self.start):
+            e, b = divmod(step, self.per_epoch)
+            if e != epoch: epoch, idx = e, s.epoch_indices(e)
+            js = range(b * self.bs, min((b + 1) * self.bs, s.per_rank))
+            yield [(idx[j], sample_seed(s.seed, e, s.rank + s.ws * j)) for j in js]
+
 # %% ../nbs/00_data.ipynb #e244484a
 def _seed_worker(worker_id, seed=0, rank=0):
     import random
@@ -497,12 +511,14 @@ class EndlessLoader:
         b = next(self._it); self.step += 1; return b
 
 def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers:int=0, rank:int=0, world_size:int=1,
-                view=None, pin_memory=None, shuffle:bool=True, prefetch_factor:int=2) -> EndlessLoader:
+                view=None, pin_memory=None, shuffle:bool=True, prefetch_factor:int=2,
+                partial_batches:bool=False) -> EndlessLoader: # True: each epoch ends with a smaller batch (official)
     "Endless dict batches, deterministic in (seed, rank, step) for any `num_workers`; resumes at `start_step`."
     if view is not None: dataset = ViewDataset(dataset, view)
     if not isinstance(dataset, ViewDataset): raise TypeError("make_loader needs a ViewDataset or a dataset and view=")
-    smp = EndlessSampler(len(dataset), seed, rank, world_size, start=start_step * batch_size, shuffle=shuffle)
-    dl = DataLoader(dataset, batch_size, sampler=smp, num_workers=num_workers, collate_fn=partial(collate_views, keys=dataset.view.keys),
+    smp = EndlessSampler(len(dataset), seed, rank, world_size, start=0 if partial_batches else start_step * batch_size, shuffle=shuffle)
+    batching = dict(batch_sampler=EpochBatchSampler(smp, batch_size, start_step)) if partial_batches else dict(batch_size=batch_size, sampler=smp)
+    dl = DataLoader(dataset, **batching, num_workers=num_workers, collate_fn=partial(collate_views, keys=dataset.view.keys),
                     pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                     worker_init_fn=partial(_seed_worker, seed=seed, rank=rank), persistent_workers=num_workers > 0,
                     generator=torch.Generator().manual_seed(sample_seed(seed, rank, 2**41)),  # not the caller's RNG

@@ -38,7 +38,7 @@ def pseudo_labels(m:ELNModels, weak:torch.Tensor, cfg:MethodConfig=MethodConfig(
     z_t, f_t = m.teacher(weak, dropout=False)
     keep = torch.ones_like(z_t[:, 0], dtype=torch.bool)
     if m.filter == 'eln':
-        keep = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])[:, 0].sigmoid() >= cfg.eln_threshold
+        keep = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])[:, 0].sigmoid() > cfg.eln_threshold
     elif m.filter == 'ecn':
         z_t = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])
     elif m.filter == 'threshold':
