@@ -90,7 +90,8 @@ def fetch_imagenet(depth, download=True) -> Path:
         except Exception as e: why = f'download failed: {type(e).__name__}: {e}'
     raise PretrainedWeightsError(f"ImageNet weights for ResNet-{depth} not found: expected {hub_file(depth)} ({why}). "
                                  f"Fetch them once with:\n  {fetch_command(depth)}\n"
-                                 "or give a local torchvision state dict (--pretrained PATH), or 'none' for random init")
+                                 "or pass a local torchvision state dict (--pretrained PATH, --eln-pretrained PATH), "
+                                 "or --pretrained none / --eln-pretrained none to start from random init")
 
 # %% ../nbs/01_backbones.ipynb #a64211c6
 _warned = []  # one random-init warning per process

@@ -2,6 +2,9 @@ import os
 from pathlib import Path
 import pytest
 
+# Nothing in the tests may touch the network: torchvision's weights API is never asked to download.
+os.environ.setdefault('ELN_NB_OFFLINE', '1')
+
 def _shared() -> Path:
     "`$ELN_SHARED`, else the `shared/` folder next to the repository."
     return Path(os.environ.get('ELN_SHARED') or Path(__file__).resolve().parents[1].parent / 'shared')
