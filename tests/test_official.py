@@ -178,3 +178,10 @@ def test_official_dry_run_console(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'eln_nb.cli', '--preset', 'voc-r50', '--dry-run'],
                        capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert '* --eln-dilate' in r.stdout and '* --official-frozen-bn' in r.stdout
+
+def test_index_table_names_every_switch():
+    import json
+    from pathlib import Path
+    nb = json.loads((Path(__file__).parents[1] / 'nbs' / 'index.ipynb').read_text())
+    text = ''.join(''.join(c['source']) for c in nb['cells'])
+    for k in DEVIATIONS: assert f"`--{k.replace('_', '-')}`" in text, k
