@@ -16,9 +16,11 @@ from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
 from .data import SyntheticScenes, LabelledView, UnlabelledViews, make_loader
-from .losses import resize_to, sup_loss, constrained_aux_loss, pseudo_label_loss, pixel_contrastive_loss
-from .stage1 import ELNModels, MethodConfig, phase1a_step, phase1b_step, eln_terms, make_optimizer
-from .stage2 import semi_step, ema_update, start_teacher
+from .stage1 import (ELNModels, MethodConfig, phase1a_step, phase1b_step, labelled_terms, make_optimizer,
+                           fill_zero_grads)
+from .stage2 import semi_step, unlabelled_terms, ema_update, start_teacher
+from .train import cpu_has_bf16, bf16_warning
+from .cli import field_help
 
 # %% ../nbs/12_bench.ipynb #998dddcc
 ANCHOR = {'note': 'the official implementation, measured on this kind of machine on another day (pooled over 4 runs)',
@@ -42,7 +44,7 @@ class BenchConfig:
     backbone: str = 'resnet50'     # student (and teacher, auxiliary decoders' encoder features)
     eln_backbone: str = 'resnet34'
     num_classes: int = 21
-    amp: str = 'off'               # off, bf16 or fp16 (fp16 with a GradScaler)
+    amp: str = 'off'               # off, bf16 or fp16 (fp16 with a GradScaler); bf16 pays only on CPUs with AMX/AVX512-BF16
     channels_last: bool = False
     threads: int = 2               # torch intra-op threads (the anchor used 2)
     device: str = 'cpu'            # cpu, cuda, cuda:N or auto
@@ -137,7 +139,7 @@ class Bench:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(cfg.seed)
         self.lab, self.unl = batch_sources(cfg, self.device)
-        self.teacher_started = False
+        self.teacher_started, self.aux_on = False, None
 
     def autocast(self): return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
     def sync(self):
@@ -156,23 +158,26 @@ def iteration(b:Bench, phase:str) -> float:
     b.sync(); t0 = time.perf_counter()
     lab = next(b.lab); unl = next(b.unl) if phase == '2' else None
     with b.autocast(): loss, logs = step_loss(b, phase, lab, unl)
+    b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
-    b.scaler.scale(loss).backward(); b.scaler.step(b.opt); b.scaler.update()
+    b.scaler.scale(loss).backward(); fill_zero_grads(b.opt); b.scaler.step(b.opt); b.scaler.update()
     if phase == '2': ema_update(b.m.teacher, b.m.student)
     b.sync(); return time.perf_counter() - t0
 
 # %% ../nbs/12_bench.ipynb #90603350
 def _osum(*ts): return sum(t.float().sum() for t in ts)
 
-def floor_loss(m:ELNModels, phase:str, lab:dict, unl:dict=None) -> torch.Tensor:
+def floor_loss(m:ELNModels, phase:str, lab:dict, unl:dict=None, aux_on=None) -> torch.Tensor:
     "The phase's module calls with no loss maths: the sum of every output a loss reads (scalar)."
     x = lab['image']
     if phase == '1a': return _osum(m.student(x)[0])
     high, low = m.student.encode(x)
     z, _ = m.student.decode(high, low)
-    aux = m.aux(high, low)
+    aux = []
+    for d, on in zip(m.aux, aux_on or [False] * len(m.aux)):
+        with nullcontext() if on else torch.no_grad(): aux.append(d(high.detach(), low.detach())[0])
     preds = [a.detach() for a in aux] + [z.detach()]
-    out = _osum(z, *aux, m.eln(x.repeat(len(preds), 1, 1, 1), torch.cat(preds)))
+    out = _osum(z, *[a for a in aux if a.requires_grad], *[m.eln(x, p) for p in preds])
     if phase == '1b': return out
     with torch.no_grad():
         z_t, f_t = m.teacher(unl['weak'], dropout=False)
@@ -183,7 +188,7 @@ def floor_iteration(b:Bench, phase:str, lab=None, unl=None) -> float:
     "Forward and backward of `floor_loss` on fixed batches -> seconds."
     b.opt.zero_grad(set_to_none=True)
     b.sync(); t0 = time.perf_counter()
-    with b.autocast(): loss = floor_loss(b.m, phase, lab, unl)
+    with b.autocast(): loss = floor_loss(b.m, phase, lab, unl, b.aux_on)
     b.scaler.scale(loss).backward()
     b.sync(); return time.perf_counter() - t0
 
@@ -199,43 +204,6 @@ class Timer:
 
 BREAKDOWN = ('data', 'teacher_fwd', 'student_fwd_bwd', 'aux', 'eln', 'contrastive', 'optimizer', 'ema', 'other')
 
-# %% ../nbs/12_bench.ipynb #3f7cf3eb
-def _labelled_part(b:Bench, T:Timer, lab:dict):
-    "`labelled_losses`, timed by piece -> (l_sup, l_aux, l_eln)."
-    m, c = b.m, b.mcfg
-    x, y = lab['image'], lab['label']
-    with T('student_fwd_bwd'):
-        high, low = m.student.encode(x)
-        z, _ = m.student.decode(high, low)
-        l_sup = sup_loss(z, y, c.ignore_index)
-    with T('aux'):
-        aux = m.aux(high, low)
-        l_aux = constrained_aux_loss([sup_loss(a, y, c.ignore_index) for a in aux], l_sup, c.alphas)
-    with T('eln'): l_eln = torch.stack(eln_terms(m, x, [a.detach() for a in aux] + [z.detach()], y, c)).sum()
-    return l_sup, l_aux, l_eln
-
-# %% ../nbs/12_bench.ipynb #9cf2b770
-def _unlabelled_part(b:Bench, T:Timer, unl:dict):
-    "`pseudo_labels` + `unlabelled_losses`, timed by piece -> (l_st, l_con, [f_s weak, f_s strong])."
-    m, c = b.m, b.mcfg
-    with T('teacher_fwd'), torch.no_grad(): z_t, f_t = m.teacher(unl['weak'], dropout=False)
-    with T('eln'), torch.no_grad():
-        keep = resize_to(m.eln(unl['weak'], z_t, dropout=False).float(), z_t.shape[-2:])[:, 0].sigmoid() >= c.eln_threshold
-    with T('other'): pseudo = torch.where(keep, z_t.argmax(1), torch.full_like(keep, 255, dtype=torch.long))
-    l_st, l_con, fs = 0., 0., []
-    for view in ('weak', 'strong'):
-        with T('student_fwd_bwd'):
-            z_s, f_s = m.student(unl[view]); l_st = l_st + pseudo_label_loss(z_s, z_t, keep)
-        with T('contrastive'):
-            l_con = l_con + pixel_contrastive_loss(f_t, resize_to(f_s, f_t.shape[-2:]), pseudo, keep, c.tau,
-                                                   c.windows, c.window_size, b.gen)
-        fs.append(f_s)
-    with T('other'):   # the diagnostics of unlabelled_losses (labels are all 255 when unknown)
-        y = torch.nn.functional.interpolate(unl['label'][:, None].float(), size=keep.shape[-2:], mode='nearest')[:, 0].long()
-        known = y != c.ignore_index; right = (z_t.argmax(1) == y) & known
-        _ = (right & keep).sum() / (keep & known).sum().clamp(min=1), right.sum() / known.sum().clamp(min=1)
-    return l_st, l_con, fs
-
 # %% ../nbs/12_bench.ipynb #c699c27c
 def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
@@ -244,20 +212,21 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     b.sync(); t0 = time.perf_counter()
     with T('data'): lab = next(b.lab); unl = next(b.unl)
     with b.autocast():
-        l_sup, l_aux, l_eln = _labelled_part(b, T, lab)
-        l_st, l_con, fs = _unlabelled_part(b, T, unl)
+        lt, _ = labelled_terms(b.m, lab, c, T)
+        ut, fs, _ = unlabelled_terms(b.m, unl, c, b.gen, T)
     with T('optimizer'): b.opt.zero_grad(set_to_none=True)
-    with T('contrastive'): g = torch.autograd.grad(S(c.lambda_con * l_con), fs, retain_graph=True)
-    with T('aux'): S(l_aux).backward()
-    with T('eln'): S(l_eln).backward()
-    with T('student_fwd_bwd'): torch.autograd.backward([S(l_sup + c.lambda_st * l_st), *fs], [None, *g])
-    with T('optimizer'): b.scaler.step(b.opt); b.scaler.update()
+    with T('contrastive'): g = torch.autograd.grad(S(c.lambda_con * ut['con']), fs, retain_graph=True)
+    with T('aux'):
+        if lt['aux'].requires_grad: S(lt['aux']).backward()
+    with T('eln'): S(lt['eln']).backward()
+    with T('student_fwd_bwd'): torch.autograd.backward([S(lt['sup'] + c.lambda_st * ut['st']), *fs], [None, *g])
+    with T('optimizer'): fill_zero_grads(b.opt); b.scaler.step(b.opt); b.scaler.update()
     with T('ema'): ema_update(b.m.teacher, b.m.student)
     b.sync(); total = time.perf_counter() - t0
     out = {k: T.t.get(k, 0.) for k in BREAKDOWN}
     out['other'] += total - sum(out.values())
     out['total'] = total
-    if return_loss: out['loss'] = (l_sup + l_aux + l_eln + c.lambda_st * l_st + c.lambda_con * l_con).item()
+    if return_loss: out['loss'] = (sum(lt.values()) + c.lambda_st * ut['st'] + c.lambda_con * ut['con']).item()
     return out
 
 # %% ../nbs/12_bench.ipynb #182d63ab
@@ -410,18 +379,27 @@ def _anchor_lines(rep:dict) -> list:
 
 
 # %% ../nbs/12_bench.ipynb #731c3a8b
+_BENCH_ABOUT = """Times one training iteration of each ELN phase (1a supervised; 1b auxiliary decoders + ELN; 2
+semi-supervised) with the training code itself, the compute floor of the same modules on the same batch, the peak memory,
+and a per-piece breakdown of the semi-supervised iteration; compares with the official implementation's anchor timings.
+The defaults are the anchor's preset: ResNet-50 + ELN ResNet-34, 321x321 crops, 2 labelled (+2 unlabelled) images, fp32,
+2 threads, random init."""
+
 def bench_parser() -> argparse.ArgumentParser:
-    "The options of `eln_nb_bench`, one per `BenchConfig` field."
-    p = argparse.ArgumentParser('eln_nb_bench', description='Speed and memory of one training iteration of each ELN phase.')
-    d = BenchConfig()
+    "The options of `eln_nb_bench`, one per `BenchConfig` field, each with its help."
+    p = argparse.ArgumentParser('eln_nb_bench', description=_BENCH_ABOUT, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='examples:\n  eln_nb_bench --iters 5 --warmup 2\n  eln_nb_bench --amp bf16 --channels-last'
+                                       '  # CPUs with AMX only\n  eln_nb_bench --device cuda --amp bf16 --flops --peak-tflops 989')
+    d, helps = BenchConfig(), field_help(BenchConfig)
     for f in fields(BenchConfig):
         opt, v = '--' + f.name.replace('_', '-'), getattr(d, f.name)
-        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v)
-        elif f.name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v))
+        h = f"{helps.get(f.name, '')} (default {v!r})".replace('%', '%%')
+        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v, help=h)
+        elif f.name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v), help=h)
         elif f.name in ('amp', 'data', 'isolate'):
-            p.add_argument(opt, default=v, choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
-                                                    'isolate': ('auto', 'on', 'off')}[f.name])
-        else: p.add_argument(opt, type=type(v), default=v)
+            p.add_argument(opt, default=v, help=h, choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
+                                                            'isolate': ('auto', 'on', 'off')}[f.name])
+        else: p.add_argument(opt, type=type(v), default=v, help=h)
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
@@ -431,6 +409,7 @@ def run_bench(cfg:BenchConfig) -> dict:
     info = machine_info(); info['loadavg_start'] = info['loadavg']
     dev = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
     info['device'] = kind = torch.device(dev).type
+    if kind == 'cpu' and cfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
     cal = cfg.calibrate and kind == 'cpu'
     ref = [reference_time_isolated(cfg.threads or 2)] if cal else []      # before and after the phases: the machine drifts
     res = run_isolated(cfg) if cfg.isolate == 'on' or (cfg.isolate == 'auto' and kind == 'cpu') else run_phases(cfg)

@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['FILTERS', 'phase1b_step', 'ELNModels', 'MethodConfig', 'phase1a_step', 'aux_losses', 'eln_terms',
-           'official_eln_preds', 'labelled_losses', 'is_seg_bn_param', 'param_groups', 'fill_zero_grads',
-           'make_optimizer']
+           'official_eln_preds', 'untimed', 'labelled_terms', 'labelled_losses', 'is_seg_bn_param', 'param_groups',
+           'fill_zero_grads', 'make_optimizer']
 
 # %% ../nbs/07_stage1.ipynb #4fb92c11
-import copy
+import contextlib, copy
 from dataclasses import dataclass
 import torch
 from torch import nn
@@ -93,21 +93,31 @@ def official_eln_preds(m:ELNModels, x) -> list:
     return [d(high, low)[0] for d in m.aux] + [z]
 
 # %% ../nbs/07_stage1.ipynb #31b361ca
-def labelled_losses(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig()):
-    "L_sup + L_aux + L_ELN on a labelled batch -> (loss, logs)."
+def untimed(name:str): return contextlib.nullcontext()
+
+def labelled_terms(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig(), timer=untimed):
+    "{'sup': L_sup, 'aux': L_aux, 'eln': L_ELN} on a labelled batch, and logs; `timer(piece)` wraps each piece."
     x, y = lab['image'], lab['label']
-    high, low = m.student.encode(x)
-    z, _ = m.student.decode(high, low)
-    l_sup = sup_loss(z, y, cfg.ignore_index)
-    if m.eln is None: return l_sup, {'sup': l_sup.detach()}
-    if not cfg.eln_reuse_preds:
-        with torch.no_grad(): high, low = m.student.encode(x)          # official: the aux decoders' own encoder pass
-    l_aux, l_k, preds, on = aux_losses(m, high, low, y, l_sup, cfg)
-    preds = preds + [z.detach()] if cfg.eln_reuse_preds else official_eln_preds(m, x)
-    l_eln = torch.stack(eln_terms(m, x, preds, y, cfg)).sum()
+    with timer('student_fwd_bwd'):
+        high, low = m.student.encode(x)
+        z, _ = m.student.decode(high, low)
+        l_sup = sup_loss(z, y, cfg.ignore_index)
+    if m.eln is None: return {'sup': l_sup}, {'sup': l_sup.detach()}
+    with timer('aux'):
+        if not cfg.eln_reuse_preds:
+            with torch.no_grad(): high, low = m.student.encode(x)      # official: the aux decoders' own encoder pass
+        l_aux, l_k, preds, on = aux_losses(m, high, low, y, l_sup, cfg)
+    with timer('eln'):
+        preds = preds + [z.detach()] if cfg.eln_reuse_preds else official_eln_preds(m, x)
+        l_eln = torch.stack(eln_terms(m, x, preds, y, cfg)).sum()
     logs = {'sup': l_sup.detach(), 'aux': l_aux.detach(), 'eln': l_eln.detach(),
             **{f'aux{k}': l for k, l in enumerate(l_k)}, **{f'aux{k}_on': torch.tensor(float(a)) for k, a in enumerate(on)}}
-    return l_sup + l_aux + l_eln, logs
+    return {'sup': l_sup, 'aux': l_aux, 'eln': l_eln}, logs
+
+def labelled_losses(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig(), timer=untimed):
+    "L_sup + L_aux + L_ELN on a labelled batch -> (loss, logs)."
+    terms, logs = labelled_terms(m, lab, cfg, timer)
+    return sum(terms.values()), logs
 
 phase1b_step = labelled_losses
 
