@@ -88,6 +88,11 @@ def test_check_site_finds_problems(tmp_path):
 def site(tmp_path_factory):
     env = os.environ.get('ELN_DOCS_SITE')
     if env and (Path(env) / 'index.html').exists(): return Path(env).resolve()
+    for mod in ('sphinx', 'myst_nb', 'furo'):
+        pytest.importorskip(mod, reason=f'{mod} is needed to build the docs preview (pip install -e ".[dev]")')
+    import shutil
+    if not shutil.which('npm') and not list(Path(dp.DEFAULT_CACHE).glob('*.tgz')):
+        pytest.skip('npm is needed once to fetch MathJax and the widget manager for the docs preview (apt-get install npm)')
     out = tmp_path_factory.mktemp('site')
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'docs_preview.py'), '--out', str(out)], cwd=ROOT,
                        capture_output=True, text=True)
@@ -98,12 +103,16 @@ def test_site_checks_pass(site):
     res = dp.check_site(site, SITE_URL, ROOT / 'README.md', verbose=False)
     assert res['problems'] == [] and res['pages'] >= 16 and res['anchors'] > 100, res
 
+def _no_browser(why):
+    "Skip, or fail where CI sets ELN_DOCS_REQUIRE_BROWSER=1 (.ci/run installs the browser)."
+    (pytest.fail if os.environ.get('ELN_DOCS_REQUIRE_BROWSER') == '1' else pytest.skip)(why)
+
 @pytest.fixture(scope='module')
 def browser():
     try: from playwright.sync_api import sync_playwright
-    except ImportError: pytest.skip('playwright is not installed (pip install playwright; it drives the system Chromium)')
+    except ImportError: _no_browser('playwright is not installed (pip install -e ".[dev]"; it drives the system Chromium)')
     if not Path(CHROMIUM).exists():
-        pytest.skip(f'no Chromium at {CHROMIUM}: install Debian\'s package (apt-get install chromium); '
+        _no_browser(f'no Chromium at {CHROMIUM}: install Debian\'s package (apt-get install chromium); '
                     '`playwright install` is not used here')
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=['--no-sandbox'])

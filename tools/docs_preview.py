@@ -21,12 +21,13 @@ Quarto is absent, `python tools/docs_preview.py --out DIR` builds a preview that
 `--readme` also regenerates README.md from nbs/index.ipynb (as `nbdev_readme` does, without Quarto).
 """
 from __future__ import annotations
-import argparse, json, re, shutil, subprocess, sys, tarfile, tempfile, time
+import argparse, json, re, shutil, subprocess, sys, tarfile, time, warnings
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit, unquote
 
 NPM_PACKAGES = {'mathjax': '3.2.2', '@jupyter-widgets/html-manager': '1.0.15'}
+DEFAULT_CACHE = Path.home() / '.cache' / 'eln_nb_docs'  # npm tarballs, fetched once
 SRC_DIR = '_preview_src'  # Sphinx source folder written by the build (ignored by git)
 
 # ---------------------------------------------------------------- Pandoc-style heading ids
@@ -214,6 +215,7 @@ def build(out: Path, cache: Path) -> dict:
     from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar
     from nbdev.doclinks import _build_modidx
     from nbdev.serve import proc_nbs
+    warnings.filterwarnings('ignore', message='Cell is missing an id field')  # nbformat, on nbdev's processed copies
     cfg = get_config()
     refresh_quarto_yml()
     nbdev_sidebar(force=True)
@@ -249,10 +251,12 @@ def build(out: Path, cache: Path) -> dict:
     (src / '_static' / 'mathjax2-shim.js').write_text(SHIM)
     (src / 'conf.py').write_text(CONF.format(tools=str(Path(__file__).resolve().parent), title=cfg.title,
                                              author=cfg.author, copyright=cfg.copyright))
-    shutil.rmtree(out, ignore_errors=True)
     from sphinx.cmd.build import build_main
-    rc = build_main(['-b', 'html', '-q', '-j', '1', '-d', str(src / '_build' / 'doctrees'), str(src), str(out)])
+    html = src / '_build' / 'html'  # MyST-NB writes next to the output folder: keep that inside SRC_DIR
+    rc = build_main(['-b', 'html', '-q', '-j', '1', '-d', str(src / '_build' / 'doctrees'), str(src), str(html)])
     if rc: errors.append(f'sphinx-build exited {rc}')
+    shutil.rmtree(out, ignore_errors=True); out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(html), str(out))
     return dict(proc=proc, pages=pages, site_url=site_url, errors=errors, readme=Path(cfg.config_path) / 'README.md')
 
 # ---------------------------------------------------------------- checks on the built HTML
@@ -374,7 +378,7 @@ def main():
     ap.add_argument('--out', default='_site_preview', help='folder for the site (default: _site_preview)')
     ap.add_argument('--readme', action='store_true', help='also regenerate README.md from nbs/index.ipynb')
     ap.add_argument('--no-check', action='store_true', help='build only, skip the site checks')
-    ap.add_argument('--cache', default=str(Path.home() / '.cache' / 'eln_nb_docs'), help='where npm tarballs are kept')
+    ap.add_argument('--cache', default=str(DEFAULT_CACHE), help='where npm tarballs are kept')
     args = ap.parse_args()
     t0 = time.time()
     info = build(Path(args.out), Path(args.cache))
