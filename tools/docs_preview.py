@@ -174,6 +174,9 @@ suppress_warnings = ['myst.header', 'myst.xref_missing', 'config.cache', 'misc.h
 CSS = '''\
 p.subtitle { font-size: 1.2rem; color: var(--color-foreground-secondary); margin-top: -0.6rem; }
 a.nbdev-source { float: right; font-size: smaller; }
+p:has(> a.nbdev-source) { margin: 0; }
+/* a documented symbol's heading has one size whatever the section depth (Quarto shows show_doc's ### as h3) */
+p:has(> a.nbdev-source) + section > :is(h2, h3, h4, h5, h6) { font-size: 1.35em; margin-top: 0.25rem; }
 hr.nbdev-rule { margin: 2rem 0 0.5rem; border: 0; border-top: 1px solid var(--color-background-border); }
 /* links that are inline code look like links (Quarto colours them) */
 a code.literal, a code { color: var(--color-link); }
@@ -316,6 +319,7 @@ def check_site(out: Path, site_url: str, readme: Path | None = None, verbose=Tru
         alltext = ''.join(pg.alltext)
         if '{target=' in alltext or '{target=' in text: problems.append(f'{rel}: literal "{{target="')
         if '#|' in alltext: problems.append(f'{rel}: literal "#|" (a cell option shown)')
+        if 'show_doc(' in alltext: problems.append(f'{rel}: a show_doc call shown')
         for tag, url in pg.links:
             u = urlsplit(url)
             if url.startswith(site_url.rstrip('/')):
