@@ -121,7 +121,7 @@ def browser():
 
 def _open(browser, path):
     "A page opened from disk with every non-file request refused; (page, refused urls, console errors)."
-    page = browser.new_page(viewport={'width': 1280, 'height': 900})
+    page = browser.new_page(viewport={'width': 1440, 'height': 900})
     refused, errors = [], []
     def route(r):
         if r.request.url.startswith(('file:', 'data:', 'blob:')): r.continue_()

@@ -19,6 +19,7 @@ Quarto is absent, `python tools/docs_preview.py --out DIR` builds a preview that
    published site; and when a site link in README.md points to a page or anchor the site does not have.
 
 `--readme` also regenerates README.md from nbs/index.ipynb (as `nbdev_readme` does, without Quarto).
+The site needs no server: open DIR/index.html in a browser.
 """
 from __future__ import annotations
 import argparse, json, re, shutil, subprocess, sys, tarfile, time, warnings
@@ -260,6 +261,7 @@ def build(out: Path, cache: Path) -> dict:
     if rc: errors.append(f'sphinx-build exited {rc}')
     shutil.rmtree(out, ignore_errors=True); out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(html), str(out))
+    errors += [f'{nb}: no page {page} in the site' for nb, page in pages.items() if not (out / page).exists()]
     return dict(proc=proc, pages=pages, site_url=site_url, errors=errors, readme=Path(cfg.config_path) / 'README.md')
 
 # ---------------------------------------------------------------- checks on the built HTML
