@@ -4,12 +4,13 @@
 
 # %% ../nbs/04_eln.ipynb #ceae4ae4
 from __future__ import annotations
+import contextlib, functools
 import torch, torch.nn as nn, torch.nn.functional as F
 from .backbones import ResNetEncoder
 from .decoders import Decoder, resnet_depth
 
 # %% auto #0
-__all__ = ['entropy_map', 'reset_shortcuts', 'ELN']
+__all__ = ['entropy_map', 'reset_shortcuts', 'ELN', 'per_source_bn']
 
 # %% ../nbs/04_eln.ipynb #ae0f24b1
 def entropy_map(logits):
@@ -48,3 +49,15 @@ class ELN(nn.Module):
 
     def forward(self, image, logits, dropout=True): # dropout=False: the official gt_mode
         return self.decoder(*self.encoder(self.inputs(image, logits)), dropout=dropout)[0]
+
+# %% ../nbs/04_eln.ipynb #5f98646b
+def _per_chunk(bn, forward, J, x): return torch.cat([forward(bn, c) for c in x.chunk(J)])
+
+@contextlib.contextmanager
+def per_source_bn(module:nn.Module, J:int):
+    "Inside: each train-mode BatchNorm of `module` normalises the J equal slices of its batch [J*B,...] separately, in order."
+    bns = [b for b in module.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.training]
+    for b in bns: b.forward = functools.partial(_per_chunk, b, type(b).forward, J)
+    try: yield module
+    finally:
+        for b in bns: del b.forward

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from .aspp import Dropout
 from .decoders import SegModel, AuxDecoders
-from .eln import ELN
+from .eln import ELN, per_source_bn
 from .losses import sup_loss, constrained_aux_loss, eln_loss
 
 # %% ../nbs/07_stage1.ipynb #42864ec0
@@ -54,6 +54,7 @@ class MethodConfig:
     lambda_st: float = 1.0            # weight of each self-training CE term
     lambda_con: float = 1.0           # weight of each contrastive term
     eln_batched: bool = False         # Deviation if True: one ELN forward over the K+1 predictions, BatchNorm pooled over them
+    eln_stack: bool = True            # one ELN forward over the K+1 predictions with BatchNorm per source (False: K+1 calls)
     eln_reuse_preds: bool = True      # Deviation: the ELN judges the training forward's predictions (official: False)
 
 # %% ../nbs/07_stage1.ipynb #4574fa2d
@@ -80,7 +81,9 @@ def aux_losses(m:ELNModels, high, low, y, l_sup, cfg:MethodConfig=MethodConfig()
 def eln_terms(m:ELNModels, image, preds, target, cfg:MethodConfig=MethodConfig()) -> list:
     "L_ELN (or the s-ECN's CE) for each prediction in `preds` (list of [B,C,h,w], no gradient) -> list of scalars."
     J = len(preds)
-    if cfg.eln_batched: outs = m.eln(image.repeat(J, 1, 1, 1), torch.cat(preds)).chunk(J)
+    if cfg.eln_batched: outs = m.eln(image.repeat(J, 1, 1, 1), torch.cat(preds)).chunk(J)      # pooled statistics
+    elif cfg.eln_stack:
+        with per_source_bn(m.eln, J): outs = m.eln(image.repeat(J, 1, 1, 1), torch.cat(preds)).chunk(J)
     else: outs = [m.eln(image, z) for z in preds]               # official: one forward (and BatchNorm batch) per source
     if m.filter == 'ecn': return [sup_loss(o, target, cfg.ignore_index) for o in outs]
     return [eln_loss(o, z, target, cfg.ignore_index, cfg.ignore_as_error) for o, z in zip(outs, preds)]

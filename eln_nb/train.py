@@ -71,6 +71,7 @@ class TrainConfig:
     eln_random_shortcuts: bool = False   # leave the ELN's projection shortcuts at random init (official: True)
     eln_copy_rgb: bool = False           # start the ELN's widened conv1 from the RGB filters (official: False)
     eln_batched: bool = False            # one ELN forward over the K+1 stacked predictions, BatchNorm pooled (official: False)
+    eln_stack: bool = True               # one ELN forward over the K+1 predictions, BatchNorm per source (official: False)
     eln_reuse_preds: bool = True         # the ELN judges the training forward's predictions (official: False, a third pass)
     ignore_as_error: bool = True         # ignore pixels count as errors in the ELN target (official: True)
     aux_proj: bool = False               # an unused Proj head on each auxiliary decoder (official: True)
@@ -131,6 +132,7 @@ DEVIATIONS = {  # TrainConfig field: (official value, what ours does instead and
     'eln_dilate': (False, "dilate the ELN's layer4, as a DeepLab backbone should; the official BasicBlock ignores dilation"),
     'eln_random_shortcuts': (True, "load ImageNet weights into the ELN's projection shortcuts; official key names miss them"),
     'eln_copy_rgb': (False, "option: start the ELN's widened conv1 from the RGB filters"),
+    'eln_stack': (False, "one ELN forward over the K+1 sources, BatchNorm per source: same numbers, dropout drawn in one piece"),
     'eln_batched': (False, "option: one ELN forward over the stacked sources (its BatchNorm then pools them)"),
     'eln_reuse_preds': (False, "the ELN judges the training forward's predictions: one encoder, K+1 decoder passes fewer"),
     'ignore_as_error': (True, "option: leave ignore pixels out of the ELN target"),

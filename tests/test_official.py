@@ -66,6 +66,8 @@ def test_switches_reach_the_networks(fake_hub):
 def test_per_source_eln_equals_separate_forwards_in_train_mode():
     "The default (per-source) ELN forward: outputs, gradients and running statistics as K+1 separate calls; the pooled one is not."
     m = _models(); b = _batch()
+    for d in m.modules():
+        if isinstance(d, nn.Dropout): d.p = 0.     # dropout streams differ between one stacked call and K+1 calls
     preds = [torch.randn(2, C, 8, 8) * s for s in (1., 1., 4.)]
     def run(mm, cfg):
         torch.manual_seed(1); mm.zero_grad(set_to_none=True)
@@ -73,12 +75,15 @@ def test_per_source_eln_equals_separate_forwards_in_train_mode():
         return torch.stack(ls).detach(), [p.grad.clone() for p in mm.eln.parameters()], \
                [x.clone() for n, x in mm.eln.named_buffers() if 'running' in n]
     m2 = copy.deepcopy(m)
-    a = run(m, MethodConfig())
+    a = run(copy.deepcopy(m), MethodConfig())                                          # one stacked forward, BN per source
+    a2 = run(copy.deepcopy(m), MethodConfig(eln_stack=False))                          # K+1 calls
     torch.manual_seed(1); m2.zero_grad(set_to_none=True)                               # written out: one forward per source
     ls = [eln_loss(m2.eln(b['image'], z), z, b['label']) for z in preds]; torch.stack(ls).sum().backward()
     ref = (torch.stack(ls).detach(), [p.grad for p in m2.eln.parameters()], [x for n, x in m2.eln.named_buffers() if 'running' in n])
     torch.testing.assert_close(a[0], ref[0])
-    for x, y in zip(a[1] + a[2], ref[1] + ref[2]): torch.testing.assert_close(x, y)
+    for got in (a, a2):
+        torch.testing.assert_close(got[0], ref[0])
+        for x, y in zip(got[1] + got[2], ref[1] + ref[2]): torch.testing.assert_close(x, y)
     p = run(copy.deepcopy(m), MethodConfig(eln_batched=True))                            # pooled statistics: another function
     assert not torch.allclose(p[0], ref[0], atol=1e-3)
 
