@@ -657,11 +657,11 @@ def fit(self:Trainer) -> dict:
                 bar.set_postfix({k: v for k, v in last.items() if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
                 self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
                               'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
+            if self.it == hi: self.phase_stats[phase] = self._run_stats()['phases'][phase]; self._cur = None   # as checkpointed
             if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total: self.validate()   # end of stage 1
             if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every and self.it % c.keep_every == 0):
                 self.checkpoint()
         bar.close()
-        self.phase_stats[phase] = self._run_stats()['phases'][phase]; self._cur = None
     return self.finish()
 
 def finish(self:Trainer) -> dict:
