@@ -35,7 +35,7 @@ def _elem_type(default): return float if any(isinstance(v, float) for v in defau
 
 def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
     "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (help: `preset`'s values)."
-    p = argparse.ArgumentParser(prog, description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
+    p = argparse.ArgumentParser(prog, usage='%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]', description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
                                 'semi-supervised stage 2. Presets set many options; any option overrides its preset.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     p.add_argument('--preset', choices=list(PRESETS), default='demo', help='starting configuration (default: demo)')

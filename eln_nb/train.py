@@ -615,20 +615,30 @@ def validate(self:Trainer, mode='full'):
     if math.isfinite(score) and score > self.best:
         self.best, self.best_it = score, self.it
         st = self._state(eval_only=True)
-        if self.main: save_checkpoint(st, self.out/'best.pt', keep_prev=False)
+        if self.main: self._save_best(st)
     self.last_eval = (self.it, r)
     return r
+
+def _save_best(self:Trainer, st):
+    "best.pt: the evaluation weights, or a hard link to last.pt when that holds this very iteration (no extra disk)."
+    best, last = self.out/'best.pt', self.out/'last.pt'
+    if getattr(self, '_saved_it', None) == self.it and last.is_file():
+        tmp = best.with_name('.best.pt.link')
+        try:
+            tmp.unlink(missing_ok=True); os.link(last, tmp); os.replace(tmp, best); return
+        except OSError: pass                                          # no hard links here: write the weights
+    save_checkpoint(st, best, keep_prev=False)
 
 def checkpoint(self:Trainer):
     "Write last.pt (keeping last.prev.pt when `keep_prev`) and, every `keep_every` iterations, iter_NNNNNNN.pt."
     sync_bn_buffers(self.m)
     st = self._state()
     if not self.main: return
-    save_checkpoint(st, self.out/'last.pt', keep_prev=self.cfg.keep_prev)
+    save_checkpoint(st, self.out/'last.pt', keep_prev=self.cfg.keep_prev); self._saved_it = self.it
     if self.cfg.keep_every and self.it % self.cfg.keep_every == 0:
         save_checkpoint(st, self.out/f'iter_{self.it:07d}.pt', keep_prev=False)
 
-Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint = _writer, _record, validate, checkpoint
+Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint, Trainer._save_best = _writer, _record, validate, checkpoint, _save_best
 
 # %% ../nbs/09_train.ipynb #f024c4a2
 def fit(self:Trainer) -> dict:

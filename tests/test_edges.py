@@ -240,6 +240,8 @@ def test_cpu_presets_keep_few_small_files(tmp_path):
     with pytest.raises(CheckpointError, match='evaluation only'): Trainer(tiny_config(tmp_path/'x'), resume=out/'best.pt')
     m, cfg, info = load_checkpoint_models(out/'best.pt')            # evaluation loads it
     assert info.num_classes == 5
+    rep = train(tiny_config(tmp_path/'y', epochs=2))                 # no stage 2: validated once, after the last checkpoint
+    assert rep['best_iteration'] == 4 and (tmp_path/'y'/'best.pt').samefile(tmp_path/'y'/'last.pt')   # a hard link, no extra disk
 
 
 # ---------------------------------------------------------------- 9: eln_nb_eval at the run's own size
