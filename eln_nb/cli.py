@@ -34,15 +34,17 @@ def field_help(cls=TrainConfig) -> dict:
 def _elem_type(default): return float if any(isinstance(v, float) for v in default) else int
 
 def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
-    "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (help: `preset`'s values)."
-    p = argparse.ArgumentParser(prog, usage='%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]', description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
+    "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
+    usage = '%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]'
+    p = argparse.ArgumentParser(prog, usage=usage, description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
                                 'semi-supervised stage 2. Presets set many options; any option overrides its preset.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     p.add_argument('--preset', choices=list(PRESETS), default='demo', help='starting configuration (default: demo)')
     p.add_argument('--resume', default=None, help='checkpoint to continue from (default: OUT/last.pt when it exists)')
     p.add_argument('--dry-run', action='store_true', help='print the resolved plan (phases, data, networks) and exit')
     base = make_config(preset)
-    helps, g = field_help(), p.add_argument_group(f'config (defaults: preset {preset}; --preset NAME --help shows another)')
+    title = f'config (defaults: preset {preset}; --preset NAME --help shows another)'
+    helps, g = field_help(), p.add_argument_group(title)
     for f in fields(TrainConfig):
         h = f"{helps.get(f.name, '')} (default {getattr(base, f.name)!r})".replace('%', '%%')
         opt = '--' + f.name.replace('_', '-')
@@ -136,7 +138,8 @@ def eval_parser():
     p.add_argument('--split', default=None, help="dataset split (default: the checkpoint's val split)")
     p.add_argument('--mode', nargs='+', default=None, choices=['full', 'resize', 'slide'],
                    help="evaluation modes (default: the run's own: resize at its val_resize, or full when it had none)")
-    p.add_argument('--resize', type=int, nargs='+', default=None, help="H [W] for --mode resize (default: the run's val_resize, else 505)")
+    p.add_argument('--resize', type=int, nargs='+', default=None,
+                   help="H [W] for --mode resize (default: the run's val_resize, else 505)")
     p.add_argument('--window', type=int, nargs='+', default=None, help="sliding window H [W] (default: the training crop, else 321)")
     p.add_argument('--batch-size', type=int, default=1, help='images per batch (default 1; full-resolution images may differ in size)')
     p.add_argument('--limit', type=int, default=0, help='evaluate the first N images only (0 = all)')
@@ -154,7 +157,8 @@ def eval_main(argv=None):
         if a.data is not None:
             if Path(a.data).is_dir(): root = a.data
             else: name = a.data
-        ds = _dataset(dataclasses.replace(cfg, dataset=name, data_root=root or ''), a.split or cfg.val_split, cfg.synthetic_val_n)
+        where = dataclasses.replace(cfg, dataset=name, data_root=root or '')
+        ds = _dataset(where, a.split or cfg.val_split, cfg.synthetic_val_n)
         if a.limit: ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"eln_nb_eval: error: {e}", file=sys.stderr); return 2
@@ -177,8 +181,9 @@ def _eval_modes(a, cfg):
     own = 'resize' if cfg.val_resize else 'full'
     size = _size(tuple(a.resize)) if a.resize else _size(cfg.val_resize) or 505
     modes = a.mode or [own]
+    same = modes == [own] and size == _size(cfg.val_resize or (505,))
     print(f"the run validated at {('size ' + str(_size(cfg.val_resize))) if cfg.val_resize else 'full resolution'}"
-          + ('' if modes == [own] and size == _size(cfg.val_resize or (505,)) else '; other modes or sizes score differently'))
+          + ('' if same else '; other modes or sizes score differently'))
     return modes, size
 
 def _pair2(s): return None if s is None else (s, s) if isinstance(s, int) else tuple(s)

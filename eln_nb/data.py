@@ -262,7 +262,8 @@ def _class_records(recs):
     recs = [r for r in recs if r.get('id') != 255]
     if all('id' in r for r in recs): recs = sorted(recs, key=lambda r: r['id'])
     ids, pal = [r.get('id', i) for i, r in enumerate(recs)], voc_palette(len(recs))
-    if ids != list(range(len(recs))): raise DatasetError(f"class list: ids must be 0..{len(recs) - 1} (255 = ignore), got {ids}")
+    if ids != list(range(len(recs))):
+        raise DatasetError(f"class list: ids must be 0..{len(recs) - 1} (255 = ignore), got {ids}")
     return [r['name'] for r in recs], [tuple(r.get('color', pal[i])) for i, r in enumerate(recs)]
 
 def _pick(images, names, where):
@@ -273,7 +274,7 @@ def _pick(images, names, where):
     return [by[n] for n in names]
 
 class FolderDataset(SegDataset):
-    "Any folder of images (or the `names` in it), with label PNGs (by stem) in `label_dir`; images without one are unlabelled."
+    "Images in a folder (or its `names`), label PNGs by stem in `label_dir`; images without one are unlabelled."
     def __init__(self, image_dir, label_dir=None, classes=None, palette=None, name='folder', names=None):
         idir = _need_dir(image_dir, 'image folder', "IMAGE_DIR/<name>.{jpg,png,...} (+ LABEL_DIR/<name>.png)")
         names_, pal = _read_classes(classes)
@@ -290,13 +291,15 @@ class FolderDataset(SegDataset):
 # %% ../nbs/00_data.ipynb #7d5159ea
 FOLDER_LAYOUT = "ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.png (--image-dir, --label-dir, --split-list)"
 
-def folder_split(root, split='train', classes=None, image_dir='images/{split}', label_dir='labels/{split}', split_list=''):
-    "The `split` of a folder dataset: images in `root/image_dir`, labels in `root/label_dir`, optionally only a list's names."
+def folder_split(root, split='train', classes=None, image_dir='images/{split}', label_dir='labels/{split}',
+                 split_list=''):
+    "The `split` of a folder dataset: images in `root/image_dir`, labels in `root/label_dir`, optionally a list's names."
     root = _need_dir(root, 'folder dataset', FOLDER_LAYOUT)
     if not classes: raise DatasetError(f"{root}: a folder dataset needs a class list (--classes CLASSES.json)")
     idir, ldir = (root/d.format(split=split) for d in (image_dir, label_dir))
     for d, what in ((idir, 'image'), (ldir, 'label')):
-        if not d.is_dir(): raise FileNotFoundError(f"{d}: {what} folder of split {split!r} not found; expected {FOLDER_LAYOUT}")
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: {what} folder of split {split!r} not found; expected {FOLDER_LAYOUT}")
     names = root/split_list.format(split=split) if split_list else None
     return FolderDataset(idir, ldir, classes, names=names)
 
@@ -619,7 +622,8 @@ def check_files(ds, mode:str='full', need_labels:bool=False, rank:int=0, world_s
     base, idx = _base(ds)
     if mode == 'off' or not isinstance(base, SegDataset): return []
     f = partial(_check_one, base, full=mode == 'full', need_label=need_labels)
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex: return [e for e in ex.map(f, idx[rank::world_size]) if e]
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex:
+        return [e for e in ex.map(f, idx[rank::world_size]) if e]
 
 # %% ../nbs/00_data.ipynb #bc36734e
 def colorize(label:torch.Tensor, # int64 [H,W]

@@ -159,7 +159,9 @@ _AT_LEAST = {1: ('split', 'batch_size', 'unlabelled_batch_size', 'eval_batch_siz
              0: ('split_seed', 'pre_epochs', 'eln_epochs', 'eval_every', 'ckpt_every', 'keep_every', 'val_limit', 'windows',
                  'num_workers', 'threads'),
              2: ('synthetic_classes',)}
-_NON_NEGATIVE, _POSITIVE, _UNIT = ('weight_decay', 'lambda_st', 'lambda_con'), ('lr', 'backbone_lr', 'tau'), ('ema', 'conf_threshold', 'blur')
+_NON_NEGATIVE = ('weight_decay', 'lambda_st', 'lambda_con')
+_POSITIVE = ('lr', 'backbone_lr', 'tau')
+_UNIT = ('ema', 'conf_threshold', 'blur')
 _CHOICES = {'output_stride': (8, 16), 'amp': ('auto', 'bf16', 'fp16', 'off'), 'sync_bn': ('auto', 'on', 'off'),
             'check_files': ('full', 'header', 'off'), 'dataset': ('synthetic', 'camvid', 'voc', 'cityscapes', 'city', 'folder')}
 
@@ -174,15 +176,17 @@ def _size_errors(cfg):
 
 def config_errors(cfg:TrainConfig) -> list:
     "(field, problem) for every value the run cannot use; [] when all are valid."
-    E = [(n, f"must be >= {lo}, got {getattr(cfg, n)!r}") for lo, ns in _AT_LEAST.items() for n in ns if not getattr(cfg, n) >= lo]
-    E += [(n, f"must be >= 0, got {getattr(cfg, n)!r}") for n in _NON_NEGATIVE if not getattr(cfg, n) >= 0]
-    E += [(n, f"must be > 0, got {getattr(cfg, n)!r}") for n in _POSITIVE if not getattr(cfg, n) > 0]
-    E += [(n, f"must lie in [0, 1], got {getattr(cfg, n)!r}") for n in _UNIT if not 0 <= getattr(cfg, n) <= 1]
+    v = lambda n: getattr(cfg, n)
+    E = [(n, f"must be >= {lo}, got {v(n)!r}") for lo, ns in _AT_LEAST.items() for n in ns if not v(n) >= lo]
+    E += [(n, f"must be >= 0, got {v(n)!r}") for n in _NON_NEGATIVE if not v(n) >= 0]
+    E += [(n, f"must be > 0, got {v(n)!r}") for n in _POSITIVE if not v(n) > 0]
+    E += [(n, f"must lie in [0, 1], got {v(n)!r}") for n in _UNIT if not 0 <= v(n) <= 1]
     if not 0 < cfg.eln_threshold < 1: E.append(('eln_threshold', f"must lie in (0, 1), got {cfg.eln_threshold!r}"))
-    E += [(n, f"must be one of {', '.join(map(str, c))}, got {getattr(cfg, n)!r}") for n, c in _CHOICES.items() if getattr(cfg, n) not in c]
+    E += [(n, f"must be one of {', '.join(map(str, c))}, got {v(n)!r}") for n, c in _CHOICES.items() if v(n) not in c]
     if len(cfg.alphas) != cfg.k or any(a <= 0 for a in cfg.alphas):
         E.append(('alphas', f"takes one positive alpha per auxiliary decoder (k={cfg.k}), got {cfg.alphas}"))
-    if cfg.dataset == 'folder' and not cfg.classes: E.append(('classes', "--dataset folder needs a class list (--classes FILE)"))
+    if cfg.dataset == 'folder' and not cfg.classes:
+        E.append(('classes', "--dataset folder needs a class list (--classes FILE)"))
     return E + _size_errors(cfg)
 
 # %% ../nbs/09_train.ipynb #14e3b255
@@ -250,7 +254,8 @@ def build_data(cfg:TrainConfig) -> RunData:
     if missing: raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
     val = _dataset(cfg, cfg.val_split, cfg.synthetic_val_n)
     same = set(map(str, getattr(val, 'images', []))) & set(map(str, getattr(train, 'images', [])))
-    if same: raise DatasetError(f"{sorted(same)[0]}: {len(same)} validation images are training images ({cfg.val_split} = {cfg.train_split})")
+    if same: raise DatasetError(f"{sorted(same)[0]}: {len(same)} validation images are training images "
+                                f"({cfg.val_split} = {cfg.train_split})")
     if cfg.val_limit: val = Subset(val, range(min(cfg.val_limit, len(val))))
     geo = dict(crop=_size(cfg.crop), scale=tuple(cfg.scale) or None, hflip=cfg.hflip, resize=_size(cfg.resize))
     return RunData(train.info, Subset(train, [pos[n] for n in lab]), Subset(train, [pos[n] for n in unl]) if unl else None, val,
@@ -341,7 +346,8 @@ def load_checkpoint(path, map_location='cpu') -> dict:
     except Exception as e:
         code = re.search(r'unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)', str(e))
         if code: raise CheckpointError(f"{path}: unsafe file, not loaded: it contains code, not only tensors (it would call "
-                                       f"{code.group(1) or code.group(2)} when unpickled); use only checkpoints from a run you trust") from None
+                                       f"{code.group(1) or code.group(2)} when unpickled); "
+                                       "use only checkpoints from a run you trust") from None
         prev = [p.name for p in (path.with_name(path.stem + '.prev.pt'), *sorted(path.parent.glob('iter_*.pt'))[-1:]) if p.is_file() and p != path]
         hint = f"; earlier good checkpoints may be {prev} (pass one with --resume)" if prev else ''
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_reason(e)}){hint}") from e
@@ -476,7 +482,8 @@ class Trainer:
         seed = cfg.seed + 1_000_003 * self.rank
         torch.manual_seed(seed); np.random.seed(seed % 2**32); random.seed(seed)  # dropout etc.: per rank
         self.it, self.best, self.history = 0, -math.inf, []
-        self.best_it, self.stage1, self._cur, self.prior = None, None, None, {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
+        self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
+        self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
         self.resumed_from = self._resume(resume)
         for sub in ('student', 'teacher', 'aux', 'eln'):
             if cfg.compile and getattr(self.m, sub) is not None: getattr(self.m, sub).compile()
@@ -497,7 +504,8 @@ def _state(self:Trainer, eval_only=False) -> dict:
     "The checkpoint of the current state: what resuming needs (random states of every rank), or only evaluation weights."
     drop = self._unused() + (('aux.',) if eval_only else ())
     st = {'models': {k: v for k, v in self.m.state_dict().items() if not k.startswith(drop)}, 'iteration': self.it,
-          'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'config': asdict(self.cfg), 'run': self._run_stats(),
+          'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'config': asdict(self.cfg),
+          'run': self._run_stats(),
           'classes': list(self.data.info.classes), 'palette': [list(p) for p in self.data.info.palette],
           'num_classes': self.data.info.num_classes, 'version': 2, 'eval_only': eval_only}
     if eval_only: return st
@@ -523,12 +531,14 @@ def _resume(self:Trainer, resume=None):
                'check_files', 'keep_prev'}
     diff = [f.name for f in fields(TrainConfig) if f.name not in runtime and getattr(old, f.name) != getattr(self.cfg, f.name)]
     if diff and self.main: warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was checkpointed")
-    if 'optimizer' not in ck: raise CheckpointError(f"{path}: weights for evaluation only (best.pt), cannot resume; use last.pt")
+    if 'optimizer' not in ck:
+        raise CheckpointError(f"{path}: weights for evaluation only (best.pt), cannot resume; use last.pt")
     self.it, self.best = int(ck['iteration']), float(ck['best'])
     self._load_models(ck['models'], path)
     self.opt.load_state_dict(ck['optimizer']); self.scaler.load_state_dict(ck['scaler'])
     run = ck.get('run') or {}
-    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0), 'sessions': run.get('sessions', 1)}
+    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
+                  'sessions': run.get('sessions', 1)}
     self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
     elif self.main: warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are re-seeded")
@@ -541,7 +551,8 @@ def _load_models(self:Trainer, sd, path):
     bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
     if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
 
-Trainer._state, Trainer._find_resume, Trainer._resume, Trainer._unused, Trainer._load_models = _state, _find_resume, _resume, _unused, _load_models
+Trainer._state, Trainer._find_resume, Trainer._resume = _state, _find_resume, _resume
+Trainer._unused, Trainer._load_models = _unused, _load_models
 
 # %% ../nbs/09_train.ipynb #0f204ebe
 def _loader(self:Trainer, which):
@@ -638,7 +649,8 @@ def checkpoint(self:Trainer):
     if self.cfg.keep_every and self.it % self.cfg.keep_every == 0:
         save_checkpoint(st, self.out/f'iter_{self.it:07d}.pt', keep_prev=False)
 
-Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint, Trainer._save_best = _writer, _record, validate, checkpoint, _save_best
+Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint = _writer, _record, validate, checkpoint
+Trainer._save_best = _save_best
 
 # %% ../nbs/09_train.ipynb #f024c4a2
 def fit(self:Trainer) -> dict:
@@ -667,8 +679,10 @@ def fit(self:Trainer) -> dict:
                 bar.set_postfix({k: v for k, v in last.items() if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
                 self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
                               'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
-            if self.it == hi: self.phase_stats[phase] = self._run_stats()['phases'][phase]; self._cur = None   # as checkpointed
-            if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total: self.validate()   # end of stage 1
+            if self.it == hi:                                        # the phase's statistics, as its last checkpoint saves them
+                self.phase_stats[phase] = self._run_stats()['phases'][phase]; self._cur = None
+            if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:   # and at the end of stage 1
+                self.validate()
             if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every and self.it % c.keep_every == 0):
                 self.checkpoint()
         bar.close()
@@ -680,7 +694,8 @@ def finish(self:Trainer) -> dict:
     run, m = self._run_stats(), self.cfg.best_metric
     rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best, 'best_iteration': run['best_iteration'],
            'stage1_' + m: (run['stage1'] or {}).get(m, math.nan), 'stage1_iteration': (run['stage1'] or {}).get('iteration'),
-           'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'], 'peak_memory_mb': round(_peak_memory_mb(self.device), 1),
+           'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
+           'peak_memory_mb': round(_peak_memory_mb(self.device), 1),
            'device': str(self.device), 'world_size': self.ws, 'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
            'resumed_from': str(self.resumed_from) if self.resumed_from else None, 'classes': list(self.data.info.classes)}
     if self.main:
