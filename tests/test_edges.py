@@ -273,3 +273,11 @@ def test_report_has_stage1_best_and_final(tmp_path):
     assert 'validation student_miou: final' in summary_table(rep)
     vals = [json.loads(l)['iter'] for l in (tmp_path/'metrics.jsonl').read_text().splitlines() if '"val"' in l]
     assert vals == [4, 6]
+
+def test_worker_traceback_reduced_to_one_line():
+    "A file that goes bad during training still ends the command with one line, not a loader worker's traceback."
+    from eln_nb.cli import _one_line
+    e = DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                     '  File "x.py", line 1, in <module>\neln_nb.data.DatasetError: a/b.png: label values outside [0,3) and 255')
+    assert _one_line(e) == 'a/b.png: label values outside [0,3) and 255'
+    assert _one_line(DatasetError('c.png: label file not found')) == 'c.png: label file not found'
