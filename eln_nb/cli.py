@@ -7,7 +7,7 @@ __all__ = ['field_help', 'config_parser', 'parse_config', 'deviation_rows', 'dev
            'train_main', 'eval_parser', 'eval_main']
 
 # %% ../nbs/11_cli.ipynb #20344c9f
-import argparse, inspect, json, math, re, sys, time, warnings
+import argparse, dataclasses, inspect, json, math, re, sys, time, warnings
 from dataclasses import fields, asdict
 from pathlib import Path
 
@@ -15,8 +15,15 @@ import torch
 
 from .train import (TrainConfig, PRESETS, make_config, Schedule, build_data, build_models, param_counts, train,
                           load_checkpoint_models, evaluate, resolve_amp, resolve_device, CheckpointError, NonFiniteLossError,
-                          _size, DEVIATIONS, weights_status)
+                          _size, DEVIATIONS, weights_status, config_errors, check_run_files, _dataset)
 from .data import get_dataset, eval_loader, DatasetError
+
+# %% ../nbs/11_cli.ipynb #0ed2f45c
+def _preset_arg(argv=None) -> str:
+    "The `--preset` of a command line (default demo), read first so that `--help` can show that preset's values."
+    pre = argparse.ArgumentParser(add_help=False); pre.add_argument('--preset', default='demo')
+    name = pre.parse_known_args(argv)[0].preset
+    return name if name in PRESETS else 'demo'          # an unknown name is reported by the full parser
 
 # %% ../nbs/11_cli.ipynb #98e0d1e0
 def field_help(cls=TrainConfig) -> dict:
@@ -27,17 +34,20 @@ def field_help(cls=TrainConfig) -> dict:
 
 def _elem_type(default): return float if any(isinstance(v, float) for v in default) else int
 
-def config_parser(prog='eln_nb_train') -> argparse.ArgumentParser:
-    "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field."
-    p = argparse.ArgumentParser(prog, description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
+def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
+    "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
+    usage = '%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]'
+    p = argparse.ArgumentParser(prog, usage=usage, description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
                                 'semi-supervised stage 2. Presets set many options; any option overrides its preset.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     p.add_argument('--preset', choices=list(PRESETS), default='demo', help='starting configuration (default: demo)')
     p.add_argument('--resume', default=None, help='checkpoint to continue from (default: OUT/last.pt when it exists)')
     p.add_argument('--dry-run', action='store_true', help='print the resolved plan (phases, data, networks) and exit')
-    helps, g = field_help(), p.add_argument_group('config (defaults: official VOC values; presets override them)')
+    base = make_config(preset)
+    title = f'config (defaults: preset {preset}; --preset NAME --help shows another)'
+    helps, g = field_help(), p.add_argument_group(title)
     for f in fields(TrainConfig):
-        h = f"{helps.get(f.name, '')} (default {f.default!r})".replace('%', '%%')
+        h = f"{helps.get(f.name, '')} (default {getattr(base, f.name)!r})".replace('%', '%%')
         opt = '--' + f.name.replace('_', '-')
         if isinstance(f.default, bool): g.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
         elif isinstance(f.default, tuple):
@@ -52,14 +62,17 @@ def _epilog():
             '  torchrun --standalone --nproc_per_node 4 -m eln_nb.cli --preset voc-r101 --split 4 --out runs/voc4')
 
 def parse_config(argv=None):
-    "(TrainConfig, namespace) from command-line arguments."
-    ns = config_parser().parse_args(argv)
+    "(TrainConfig, namespace) from command-line arguments; a value the run cannot use is an argparse error."
+    p = config_parser(preset=_preset_arg(argv))
+    ns = p.parse_args(argv)
     names = {f.name for f in fields(TrainConfig)}
     over = {k: v for k, v in vars(ns).items() if k in names}
     for k, v in over.items():
         if isinstance(v, list): over[k] = tuple(float(x) if k == 'alphas' else x for x in v)
-    if 'tau' in over and over['tau'] <= 0: raise SystemExit('--tau must be positive')
-    return make_config(ns.preset, **over), ns
+    cfg = make_config(ns.preset, **over)
+    errs = config_errors(cfg)
+    if errs: p.error(f"argument --{errs[0][0].replace('_', '-')}: {errs[0][1]}")
+    return cfg, ns
 
 # %% ../nbs/11_cli.ipynb #e7e0c8dd
 _AMP_NAMES = {None: 'off', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
@@ -129,10 +142,26 @@ def train_main(argv=None):
     "Console script `eln_nb_train`."
     cfg, ns = parse_config(argv)
     if ns.dry_run:
-        print(f"preset {ns.preset}\n" + plan(cfg)); return 0
+        print(f"preset {ns.preset}\n" + plan(cfg)); return _dry_check(cfg)
     try: train(cfg, ns.resume)
     except (CheckpointError, NonFiniteLossError, DatasetError, FileNotFoundError) as e:
-        print(f"eln_nb_train: error: {e}", file=sys.stderr); return 2
+        print(f"eln_nb_train: error: {_one_line(e)}", file=sys.stderr); return 2
+    return 0
+
+def _one_line(e) -> str:
+    "An error in one line; a loader worker's re-raised traceback reduced to its last line."
+    s = str(e).strip()
+    if 'Traceback' in s: s = s.splitlines()[-1].split(': ', 1)[-1]
+    return ' '.join(s.splitlines())
+
+def _dry_check(cfg) -> int:
+    "With `--dry-run`, check the files of every split when the data is there: 0 when all are good (or absent), else 2."
+    try: d = build_data(cfg)
+    except (OSError, ValueError, DatasetError): return 0              # the plan already says why
+    t = time.time()
+    try: n = check_run_files(d, cfg)
+    except DatasetError as e: print(f"eln_nb_train: error: {_one_line(e)}", file=sys.stderr); return 2
+    if n: print(f"files: {n} images checked ({cfg.check_files}) in {time.time() - t:.1f} s, all readable and valid")
     return 0
 
 # %% ../nbs/11_cli.ipynb #d8852a70
@@ -142,8 +171,10 @@ def eval_parser():
     p.add_argument('--data', default=None, help="dataset name (synthetic, camvid, voc, cityscapes, folder) or a folder of the checkpoint's dataset; default: the checkpoint's")
     p.add_argument('--data-root', default=None, help="dataset folder (default: the checkpoint's)")
     p.add_argument('--split', default=None, help="dataset split (default: the checkpoint's val split)")
-    p.add_argument('--mode', nargs='+', default=['full', 'resize', 'slide'], choices=['full', 'resize', 'slide'], help='evaluation modes (default: all three)')
-    p.add_argument('--resize', type=int, nargs='+', default=[505], help='size for --mode resize (default 505)')
+    p.add_argument('--mode', nargs='+', default=None, choices=['full', 'resize', 'slide'],
+                   help="evaluation modes (default: the run's own: resize at its val_resize, or full when it had none)")
+    p.add_argument('--resize', type=int, nargs='+', default=None,
+                   help="H [W] for --mode resize (default: the run's val_resize, else 505)")
     p.add_argument('--window', type=int, nargs='+', default=None, help="sliding window H [W] (default: the training crop, else 321)")
     p.add_argument('--batch-size', type=int, default=1, help='images per batch (default 1; full-resolution images may differ in size)')
     p.add_argument('--limit', type=int, default=0, help='evaluate the first N images only (0 = all)')
@@ -161,23 +192,34 @@ def eval_main(argv=None):
         if a.data is not None:
             if Path(a.data).is_dir(): root = a.data
             else: name = a.data
-        kw = dict(n=cfg.synthetic_val_n, size=cfg.synthetic_size, num_classes=cfg.synthetic_classes, seed=cfg.seed) if name == 'synthetic' else {}
-        ds = get_dataset(name, root or None, a.split or cfg.val_split, **kw)
+        where = dataclasses.replace(cfg, dataset=name, data_root=root or '')
+        ds = _dataset(where, a.split or cfg.val_split, cfg.synthetic_val_n)
         if a.limit: ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"eln_nb_eval: error: {e}", file=sys.stderr); return 2
     dev = resolve_device(a.device); amp = resolve_amp(a.amp, dev); m.to(dev)
     window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or _pair2(_size(cfg.crop)) or (321, 321)
+    modes, size = _eval_modes(a, cfg)
     results = {}
-    for mode in a.mode:
+    for mode in modes:
         t = time.time()
-        dl = eval_loader(ds, a.batch_size, resize=_size(tuple(a.resize)) if mode == 'resize' else None)
+        dl = eval_loader(ds, a.batch_size, resize=size if mode == 'resize' else None)
         r = evaluate(m, dl, info, dev, amp, 'slide' if mode == 'slide' else 'full', window, cfg.eln_threshold)
         r['mode'], r['time_s'] = mode, round(time.time() - t, 1); results[mode] = r
         print(f"{mode:<7} student mIoU {r['student_miou']:.4f}  teacher mIoU {r['teacher_miou']:.4f}  pixel acc {r['pixel_accuracy']:.4f}  "
               f"ELN P/R/F1 {r['eln_precision']:.3f}/{r['eln_recall']:.3f}/{r['eln_f1']:.3f}  ({r['time_s']} s)")
     if a.json: Path(a.json).write_text(json.dumps({'ckpt': str(a.ckpt), 'dataset': name, 'results': results}, indent=1))
     return 0
+
+def _eval_modes(a, cfg):
+    "(modes, resize size): by default the run's own validation protocol; a note when asked for another."
+    own = 'resize' if cfg.val_resize else 'full'
+    size = _size(tuple(a.resize)) if a.resize else _size(cfg.val_resize) or 505
+    modes = a.mode or [own]
+    same = modes == [own] and size == _size(cfg.val_resize or (505,))
+    print(f"the run validated at {('size ' + str(_size(cfg.val_resize))) if cfg.val_resize else 'full resolution'}"
+          + ('' if same else '; other modes or sizes score differently'))
+    return modes, size
 
 def _pair2(s): return None if s is None else (s, s) if isinstance(s, int) else tuple(s)
 

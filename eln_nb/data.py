@@ -5,16 +5,17 @@
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VOC_CLASSES', 'CITYSCAPES_CLASSES', 'CITYSCAPES_PALETTE', 'CITYSCAPES_TRAIN_IDS',
            'CAMVID_CLASSES', 'CAMVID_PALETTE', 'VOC_LAYOUT', 'CITYSCAPES_LAYOUT', 'CAMVID_LAYOUT', 'IMAGE_EXTS',
-           'normalize', 'denormalize', 'DatasetInfo', 'DatasetError', 'voc_palette', 'label_lut', 'load_image',
-           'load_label', 'SegDataset', 'read_list', 'VOCDataset', 'CityscapesDataset', 'CamVidDataset', 'FolderDataset',
-           'synthetic_styles', 'draw_shapes', 'render_textures', 'SyntheticScenes', 'nested_splits', 'split_labelled',
-           'write_split', 'read_split', 'check_split', 'shared_dir', 'RandomScale', 'weak_geometry',
-           'strong_photometric', 'cutmix_box', 'apply_cutmix', 'LabelledView', 'UnlabelledViews', 'sample_seed',
-           'EndlessSampler', 'ViewDataset', 'collate_views', 'EpochBatchSampler', 'EndlessLoader', 'make_loader',
-           'EvalView', 'eval_loader', 'get_dataset', 'colorize', 'show_views']
+           'FOLDER_LAYOUT', 'normalize', 'denormalize', 'DatasetInfo', 'DatasetError', 'voc_palette', 'label_lut',
+           'load_image', 'load_label', 'SegDataset', 'read_list', 'VOCDataset', 'CityscapesDataset', 'CamVidDataset',
+           'FolderDataset', 'folder_split', 'synthetic_styles', 'draw_shapes', 'render_textures', 'SyntheticScenes',
+           'nested_splits', 'split_labelled', 'write_split', 'read_split', 'check_split', 'shared_dir', 'RandomScale',
+           'weak_geometry', 'strong_photometric', 'cutmix_box', 'apply_cutmix', 'LabelledView', 'UnlabelledViews',
+           'sample_seed', 'EndlessSampler', 'ViewDataset', 'collate_views', 'EpochBatchSampler', 'EndlessLoader',
+           'make_loader', 'EvalView', 'eval_loader', 'get_dataset', 'check_files', 'colorize', 'show_views']
 
 # %% ../nbs/00_data.ipynb #1d234493
 import itertools, json, math, os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, DataLoader, Sampler
+from torch.utils.data import Dataset, DataLoader, Sampler, Subset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 import torchvision.transforms.v2.functional as TF
@@ -112,6 +113,14 @@ def _colours_to_ids(arr, palette, path):
                                            f"{tuple(int(v) for v in arr[out < 0][0])}")
     return out
 
+def _rgb_ids_hint(arr, num_classes, path):
+    "Raise `DatasetError` with a hint when an RGB label holds class ids in all three channels (R = G = B)."
+    if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()): return
+    vals = np.unique(arr[..., 0]).tolist()
+    if not any(0 < v < num_classes for v in vals) or not all(v < num_classes or v == 255 for v in vals): return
+    raise DatasetError(f"{path}: RGB label whose three channels hold class ids {vals[:8]}; save it single-channel "
+                       f"(PIL mode L or P), e.g. Image.fromarray(ids.astype(np.uint8)).save(path)")
+
 def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: # int64 [H,W]
     "Read a class-index label (or a colour label, mapped through `palette`); values must lie in [0,C) or be 255."
     path = Path(path)
@@ -120,8 +129,11 @@ def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: #
         with Image.open(path) as im: mode, arr = im.mode, np.asarray(im)
     except Exception as e: raise DatasetError(f"{path}: unreadable or truncated label ({type(e).__name__}: {e})") from e
     if mode in ('RGB', 'RGBA'):
-        if palette is None: raise DatasetError(f"{path}: colour ({mode}) label but the dataset has no palette to map colours")
-        arr = _colours_to_ids(arr[..., :3], palette, path)
+        if palette is None:
+            _rgb_ids_hint(arr[..., :3], num_classes, path)
+            raise DatasetError(f"{path}: colour ({mode}) label but the dataset has no palette to map colours")
+        try: arr = _colours_to_ids(arr[..., :3], palette, path)
+        except DatasetError: _rgb_ids_hint(arr[..., :3], num_classes, path); raise
     elif arr.ndim != 2: raise DatasetError(f"{path}: label must be one channel (mode L or P), got mode {mode}")
     arr = raw = arr.astype(np.int64)
     if lut is not None: arr = lut[np.clip(arr, 0, 255)] if arr.max(initial=0) <= 255 else np.full_like(arr, -1)
@@ -242,21 +254,54 @@ def _read_classes(classes):
         p = Path(classes)
         if not p.is_file(): raise DatasetError(f"{p}: class list file not found")
         classes = json.loads(p.read_text()) if p.suffix == '.json' else [l.strip() for l in p.read_text().splitlines() if l.strip()]
-    if classes and isinstance(classes[0], dict): return [c['name'] for c in classes], [tuple(c['color']) for c in classes]
+    if classes and isinstance(classes[0], dict): return _class_records(classes)
     return list(classes), voc_palette(len(classes))
 
+def _class_records(recs):
+    "[{'id', 'name', 'color'}] -> (names, palette); an `id: 255` entry (ignore, void) is not a class."
+    recs = [r for r in recs if r.get('id') != 255]
+    if all('id' in r for r in recs): recs = sorted(recs, key=lambda r: r['id'])
+    ids, pal = [r.get('id', i) for i, r in enumerate(recs)], voc_palette(len(recs))
+    if ids != list(range(len(recs))):
+        raise DatasetError(f"class list: ids must be 0..{len(recs) - 1} (255 = ignore), got {ids}")
+    return [r['name'] for r in recs], [tuple(r.get('color', pal[i])) for i, r in enumerate(recs)]
+
+def _pick(images, names, where):
+    "The images named in `names` (stems, or a list file of them), in that order."
+    names = read_list(names) if isinstance(names, (str, Path)) else list(names)
+    by = {p.stem: p for p in images}; missing = [n for n in names if n not in by]
+    if missing: raise DatasetError(f"{where}: {len(missing)} listed names have no image, e.g. {missing[:3]}")
+    return [by[n] for n in names]
+
 class FolderDataset(SegDataset):
-    "Any folder of images, with label PNGs (by stem) in `label_dir`; images without a label are unlabelled."
-    def __init__(self, image_dir, label_dir=None, classes=None, palette=None, name='folder'):
+    "Images in a folder (or its `names`), label PNGs by stem in `label_dir`; images without one are unlabelled."
+    def __init__(self, image_dir, label_dir=None, classes=None, palette=None, name='folder', names=None):
         idir = _need_dir(image_dir, 'image folder', "IMAGE_DIR/<name>.{jpg,png,...} (+ LABEL_DIR/<name>.png)")
         names_, pal = _read_classes(classes)
         if label_dir is not None:
             _need_dir(label_dir, 'label folder', "LABEL_DIR/<name>.png, one per labelled image")
             if not names_: raise DatasetError(f"{label_dir}: labels given without a class list (pass classes=)")
         images = sorted(p for p in idir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if names is not None: images = _pick(images, names, names if isinstance(names, (str, Path)) else idir)
+        self.label_dir = label_dir
         labels = [None if label_dir is None or not (Path(label_dir)/f'{p.stem}.png').is_file() else Path(label_dir)/f'{p.stem}.png' for p in images]
         info = DatasetInfo(name, names_, [tuple(c) for c in (palette or pal)])
         super().__init__(images, labels, [p.stem for p in images], info, where=str(idir))
+
+# %% ../nbs/00_data.ipynb #7d5159ea
+FOLDER_LAYOUT = "ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.png (--image-dir, --label-dir, --split-list)"
+
+def folder_split(root, split='train', classes=None, image_dir='images/{split}', label_dir='labels/{split}',
+                 split_list=''):
+    "The `split` of a folder dataset: images in `root/image_dir`, labels in `root/label_dir`, optionally a list's names."
+    root = _need_dir(root, 'folder dataset', FOLDER_LAYOUT)
+    if not classes: raise DatasetError(f"{root}: a folder dataset needs a class list (--classes CLASSES.json)")
+    idir, ldir = (root/d.format(split=split) for d in (image_dir, label_dir))
+    for d, what in ((idir, 'image'), (ldir, 'label')):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: {what} folder of split {split!r} not found; expected {FOLDER_LAYOUT}")
+    names = root/split_list.format(split=split) if split_list else None
+    return FolderDataset(idir, ldir, classes, names=names)
 
 # %% ../nbs/00_data.ipynb #a59eb488
 def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> dict:
@@ -548,15 +593,53 @@ def eval_loader(dataset, batch_size:int=1, num_workers:int=0, resize=None, rank:
 _SYNTH_SPLIT = {'train': 0, 'val': 1, 'test': 2}
 
 def get_dataset(name:str, root=None, split:str='train', **kw):
-    "A dataset by name: 'synthetic', 'voc', 'cityscapes', 'camvid' or 'folder' (root = the image folder)."
+    "A dataset by name: 'synthetic', 'voc', 'cityscapes', 'camvid' or 'folder' (see `folder_split`)."
     name = name.lower()
     if name == 'synthetic': return SyntheticScenes(**{**kw, 'seed': kw.get('seed', 0) + 1_000_003 * _SYNTH_SPLIT[split]})
     if root is None and name == 'camvid': root = shared_dir()/'data'/'camvid'
     if name == 'voc': return VOCDataset(root, {'train': 'trainaug'}.get(split, split), **kw)
     if name in ('cityscapes', 'city'): return CityscapesDataset(root, split, **kw)
     if name == 'camvid': return CamVidDataset(root, split, **kw)
-    if name == 'folder': return FolderDataset(root, **kw)
+    if name == 'folder': return folder_split(root, split, **kw)
     raise ValueError(f"unknown dataset {name!r}; expected synthetic, voc, cityscapes, camvid or folder")
+
+# %% ../nbs/00_data.ipynb #2737569c
+def _check_header(img, lab):
+    "Open the headers of an image and its label: present, readable, label one channel or RGB, same size."
+    sizes = []
+    for p, what in ((img, 'image'), (lab, 'label')):
+        if p is None: continue
+        if not Path(p).is_file(): raise DatasetError(f"{p}: {what} file not found")
+        try:
+            with Image.open(p) as im: sizes.append(im.size[::-1]); mode = im.mode
+        except Exception as e: raise DatasetError(f"{p}: unreadable {what} ({type(e).__name__}: {e})") from e
+    if lab is not None and mode not in ('L', 'P', 'RGB', 'RGBA', 'I', 'I;16'):
+        raise DatasetError(f"{lab}: label must be one channel (mode L or P), got mode {mode}")
+    if len(sizes) == 2 and sizes[0] != sizes[1]:
+        raise DatasetError(f"{lab}: label size {sizes[1]} differs from image {img} size {sizes[0]}")
+
+# %% ../nbs/00_data.ipynb #90a4c516
+def _check_one(ds, i, full=True, need_label=False):
+    "'' when sample `i` of the `SegDataset` is sound, else one line naming the file and the problem."
+    if need_label and ds.labels[i] is None:
+        return f"{ds.images[i]}: no label file {getattr(ds, 'label_dir', None) or ''}/{Path(ds.images[i]).stem}.png"
+    try: ds[i] if full else _check_header(ds.images[i], ds.labels[i])
+    except DatasetError as e: return ' '.join(str(e).splitlines())
+    return ''
+
+def _base(ds):
+    "(base dataset, indices into it) of a dataset or a (nested) `Subset`."
+    if not isinstance(ds, Subset): return ds, list(range(len(ds)))
+    b, idx = _base(ds.dataset); return b, [idx[i] for i in ds.indices]
+
+def check_files(ds, mode:str='full', need_labels:bool=False, rank:int=0, world_size:int=1, workers:int=None) -> list:
+    "One line per bad sample (file: problem) in this rank's share of `ds`; [] for in-memory datasets or `mode='off'`."
+    if mode not in ('full', 'header', 'off'): raise ValueError(f"check mode {mode!r}; choose full, header or off")
+    base, idx = _base(ds)
+    if mode == 'off' or not isinstance(base, SegDataset): return []
+    f = partial(_check_one, base, full=mode == 'full', need_label=need_labels)
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex:
+        return [e for e in ex.map(f, idx[rank::world_size]) if e]
 
 # %% ../nbs/00_data.ipynb #bc36734e
 def colorize(label:torch.Tensor, # int64 [H,W]

@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['DEVIATIONS', 'PRESETS', 'TrainConfig', 'method_config', 'official_values', 'make_config', 'config_from_dict',
-           'Schedule', 'RunData', 'build_data', 'build_models', 'check_weights', 'weights_status', 'resolve_device',
-           'cpu_has_bf16', 'bf16_warning', 'resolve_amp', 'CheckpointError', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'predict', 'evaluate', 'StepModule', 'init_distributed',
-           'sync_bn_buffers', 'NonFiniteLossError', 'param_counts', 'Trainer', 'train_step', 'validate', 'checkpoint',
-           'fit', 'finish', 'summary_table', 'train', 'load_checkpoint_models']
+           'config_errors', 'Schedule', 'RunData', 'build_data', 'check_run_files', 'build_models', 'check_weights',
+           'weights_status', 'resolve_device', 'cpu_has_bf16', 'bf16_warning', 'resolve_amp', 'CheckpointError',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'predict', 'evaluate', 'StepModule',
+           'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'param_counts', 'Trainer', 'train_step',
+           'validate', 'checkpoint', 'fit', 'finish', 'summary_table', 'best_lines', 'train', 'load_checkpoint_models']
 
 # %% ../nbs/09_train.ipynb #48589639
-import contextlib, dataclasses, json, math, os, random, re, resource, sys, time, warnings
+import contextlib, dataclasses, json, math, os, pickle, random, re, resource, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled, read_split,
-                         shared_dir, DatasetInfo)
+                         shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
 from .losses import resize_to
@@ -55,6 +55,12 @@ class TrainConfig:
     hflip: bool = True                   # training views: random horizontal flip
     blur: float = 0.0                    # strong view: probability of Gaussian blur (official: 0)
     val_resize: tuple = (505,)           # validation: resize image and label to H [W] (() = full resolution)
+    classes: str = ''                    # folder: class list (.json [{"id","name","color"}] or names, .txt one a line)
+    image_dir: str = 'images/{split}'    # folder: a split's image folder, relative to data_root
+    label_dir: str = 'labels/{split}'    # folder: a split's label PNG folder (same names as the images)
+    split_list: str = ''                 # folder: a split's list file of image names, relative to data_root ('' = all)
+    check_files: str = 'full'            # before training, check every file the run reads: full (decode), header, off
+    keep_prev: bool = True               # keep the replaced last.pt as last.prev.pt (CPU presets: off)
     # networks
     backbone: str = 'resnet50'           # segmentation encoder: resnet18, 34, 50 or 101
     eln_backbone: str = 'resnet34'       # ELN encoder
@@ -151,13 +157,13 @@ PRESETS = {
                  resize=(), scale=(), crop=(64,), val_resize=(), backbone='resnet18', eln_backbone='resnet18',
                  pretrained='none', eln_pretrained='none', window_size=8, windows=4, iters_per_epoch=8, pre_epochs=3,
                  eln_epochs=1, epochs=6, batch_size=4, unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3,
-                 eval_every=0, ckpt_every=0, keep_every=0, log_every=4, num_workers=0, out='runs/demo', seed=0,
-                 alphas=(3.0, 8.0)),
+                 eval_every=0, ckpt_every=8, keep_every=0, log_every=4, num_workers=0, out='runs/demo', seed=0,
+                 alphas=(3.0, 8.0), keep_prev=False),
     'camvid': dict(dataset='camvid', split=8, resize=(120, 160), scale=(0.75, 1.25), crop=(112,), val_resize=(120, 160),
                    val_split='test', backbone='resnet18', eln_backbone='resnet18', pretrained='none', eln_pretrained='none',
                    window_size=16, iters_per_epoch=50, pre_epochs=4, eln_epochs=1, epochs=7, batch_size=4,
                    unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3, eval_every=250, ckpt_every=50, keep_every=0,
-                   log_every=10, eval_batch_size=8, out='runs/camvid', seed=0, alphas=(3.0, 8.0)),
+                   log_every=10, eval_batch_size=8, out='runs/camvid', seed=0, alphas=(3.0, 8.0), keep_prev=False),
     'voc-r50': dict(dataset='voc', backbone='resnet50', out='runs/voc-r50'),
     'voc-r101': dict(dataset='voc', backbone='resnet101', out='runs/voc-r101'),
     'cityscapes-r50': dict(dataset='cityscapes', backbone='resnet50', resize=(), crop=(512, 1024), val_resize=(),
@@ -180,6 +186,42 @@ def config_from_dict(d:dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     if set(d) - names: warnings.warn(f"ignoring unknown config fields {sorted(set(d) - names)}")
     return make_config(**{k: v for k, v in d.items() if k in names})
+
+# %% ../nbs/09_train.ipynb #d498d5ba
+_AT_LEAST = {1: ('split', 'batch_size', 'unlabelled_batch_size', 'eval_batch_size', 'iters_per_epoch', 'epochs', 'log_every',
+                 'window_size', 'synthetic_n', 'synthetic_val_n', 'synthetic_size', 'k'),
+             0: ('split_seed', 'pre_epochs', 'eln_epochs', 'eval_every', 'ckpt_every', 'keep_every', 'val_limit', 'windows',
+                 'num_workers', 'threads'),
+             2: ('synthetic_classes',)}
+_NON_NEGATIVE = ('weight_decay', 'lambda_st', 'lambda_con')
+_POSITIVE = ('lr', 'backbone_lr', 'tau')
+_UNIT = ('ema', 'conf_threshold', 'blur')
+_CHOICES = {'output_stride': (8, 16), 'amp': ('auto', 'bf16', 'fp16', 'off'), 'sync_bn': ('auto', 'on', 'off'),
+            'check_files': ('full', 'header', 'off'), 'dataset': ('synthetic', 'camvid', 'voc', 'cityscapes', 'city', 'folder')}
+
+# %% ../nbs/09_train.ipynb #93d5b93e
+def _size_errors(cfg):
+    "Problems of the size options (resize, val_resize, crop: 0-2 values >= 1; scale: none or 0 < lo <= hi)."
+    E = [(n, f"takes 0, 1 or 2 sizes >= 1, got {getattr(cfg, n)}") for n in ('resize', 'val_resize', 'crop')
+         if len(getattr(cfg, n)) > 2 or any(v < 1 for v in getattr(cfg, n))]
+    if cfg.scale and not (len(cfg.scale) == 2 and 0 < cfg.scale[0] <= cfg.scale[1]):
+        E.append(('scale', f"takes two values 0 < lo <= hi (or none), got {cfg.scale}"))
+    return E
+
+def config_errors(cfg:TrainConfig) -> list:
+    "(field, problem) for every value the run cannot use; [] when all are valid."
+    v = lambda n: getattr(cfg, n)
+    E = [(n, f"must be >= {lo}, got {v(n)!r}") for lo, ns in _AT_LEAST.items() for n in ns if not v(n) >= lo]
+    E += [(n, f"must be >= 0, got {v(n)!r}") for n in _NON_NEGATIVE if not v(n) >= 0]
+    E += [(n, f"must be > 0, got {v(n)!r}") for n in _POSITIVE if not v(n) > 0]
+    E += [(n, f"must lie in [0, 1], got {v(n)!r}") for n in _UNIT if not 0 <= v(n) <= 1]
+    if not 0 < cfg.eln_threshold < 1: E.append(('eln_threshold', f"must lie in (0, 1), got {cfg.eln_threshold!r}"))
+    E += [(n, f"must be one of {', '.join(map(str, c))}, got {v(n)!r}") for n, c in _CHOICES.items() if v(n) not in c]
+    if len(cfg.alphas) != cfg.k or any(a <= 0 for a in cfg.alphas):
+        E.append(('alphas', f"takes one positive alpha per auxiliary decoder (k={cfg.k}), got {cfg.alphas}"))
+    if cfg.dataset == 'folder' and not cfg.classes:
+        E.append(('classes', "--dataset folder needs a class list (--classes FILE)"))
+    return E + _size_errors(cfg)
 
 # %% ../nbs/09_train.ipynb #14e3b255
 @dataclass
@@ -209,6 +251,8 @@ def _dataset(cfg, split, n=None):
     kw = {}
     if cfg.dataset == 'synthetic':
         kw = dict(n=n or cfg.synthetic_n, size=cfg.synthetic_size, num_classes=cfg.synthetic_classes, seed=cfg.seed)
+    if cfg.dataset == 'folder':
+        kw = dict(classes=cfg.classes, image_dir=cfg.image_dir, label_dir=cfg.label_dir, split_list=cfg.split_list)
     return get_dataset(cfg.dataset, cfg.data_root or None, split, **kw)
 
 def _names(ds): return list(getattr(ds, 'names', None) or [str(i) for i in range(len(ds))])
@@ -220,6 +264,11 @@ def _split_names(cfg, names):
     return split_labelled(names, cfg.split, cfg.split_seed) + (f'drawn (1/{cfg.split}, seed {cfg.split_seed})',)
 
 # %% ../nbs/09_train.ipynb #793d0bb8
+def _labelled_names(ds, names):
+    "The names of `ds` that have a label file (all of them for datasets without per-image label files)."
+    labels = getattr(ds, 'labels', None)
+    return names if labels is None else [n for n, l in zip(names, labels) if l is not None]
+
 @dataclass
 class RunData:
     "The datasets and views of a run."
@@ -228,15 +277,34 @@ class RunData:
 def build_data(cfg:TrainConfig) -> RunData:
     "Training (labelled + unlabelled subsets), validation dataset and the training views."
     train = _dataset(cfg, cfg.train_split); names = _names(train)
-    lab, unl, src = _split_names(cfg, names)
+    if train.info.num_classes < 1: raise DatasetError(f"{cfg.dataset} {cfg.train_split}: 0 classes (give a class list)")
+    known = _labelled_names(train, names)
+    lab, unl, src = _split_names(cfg, known)
+    unl = unl + [n for n in names if n not in set(known)]                  # images without labels are unlabelled
+    nolab = sorted(set(lab) - set(known))
+    if nolab: raise DatasetError(f"split ({src}): {len(nolab)} labelled names have no label file, e.g. {nolab[:3]}")
     pos = {n: i for i, n in enumerate(names)}
     missing = [n for n in lab + unl if n not in pos]
     if missing: raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
     val = _dataset(cfg, cfg.val_split, cfg.synthetic_val_n)
+    same = set(map(str, getattr(val, 'images', []))) & set(map(str, getattr(train, 'images', [])))
+    if same: raise DatasetError(f"{sorted(same)[0]}: {len(same)} validation images are training images "
+                                f"({cfg.val_split} = {cfg.train_split})")
     if cfg.val_limit: val = Subset(val, range(min(cfg.val_limit, len(val))))
     geo = dict(crop=_size(cfg.crop), scale=tuple(cfg.scale) or None, hflip=cfg.hflip, resize=_size(cfg.resize))
     return RunData(train.info, Subset(train, [pos[n] for n in lab]), Subset(train, [pos[n] for n in unl]) if unl else None, val,
                    LabelledView(**geo), UnlabelledViews(**geo, blur=cfg.blur), src)
+
+# %% ../nbs/09_train.ipynb #0274cda0
+def check_run_files(d:RunData, cfg:TrainConfig, rank:int=0, world_size:int=1) -> int:
+    "Check every file of the run's splits (this rank's share); raise `DatasetError` (one line) on the first bad one."
+    parts = [(d.labelled, False), (d.unlabelled, False), (d.val, True)]
+    errs = [e for ds, need in parts if ds is not None for e in check_files(ds, cfg.check_files, need, rank, world_size)]
+    if world_size > 1 and dist.is_initialized():
+        allr = [None] * world_size; dist.all_gather_object(allr, errs); errs = [e for r in allr for e in r]
+    if errs: raise DatasetError(errs[0] + (f" (and {len(errs) - 1} more bad files)" if len(errs) > 1 else ''))
+    files = lambda ds: ds is not None and hasattr(getattr(ds, 'dataset', ds), 'images')   # file-backed datasets
+    return 0 if cfg.check_files == 'off' else sum(len(ds) for ds, _ in parts if files(ds))
 
 # %% ../nbs/09_train.ipynb #bd4179e4
 def _weights(s): return {'': None, 'auto': None, 'none': False, 'imagenet': True}.get(s, s)
@@ -323,15 +391,26 @@ def save_checkpoint(state:dict, path, keep_prev:bool=True):
     if keep_prev and path.exists(): os.replace(path, path.with_name(path.stem + '.prev.pt'))
     os.replace(tmp, path)
 
+def _reason(e) -> str:
+    "The cause of a failed load in one line, without PyTorch's advice to load with the safety off."
+    s = str(e)
+    m = re.search(r'WeightsUnpickler error:\s*([^\n]+)', s)
+    if m: return m.group(1).strip()
+    return ' '.join(l for l in s.splitlines() if l.strip() and 'weights_only' not in l)[:300]
+
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Read a checkpoint with `weights_only=True`; a missing, truncated or corrupt file raises `CheckpointError` naming it."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: checkpoint not found")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        code = re.search(r'unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)', str(e))
+        if code: raise CheckpointError(f"{path}: unsafe file, not loaded: it contains code, not only tensors (it would call "
+                                       f"{code.group(1) or code.group(2)} when unpickled); "
+                                       "use only checkpoints from a run you trust") from None
         prev = [p.name for p in (path.with_name(path.stem + '.prev.pt'), *sorted(path.parent.glob('iter_*.pt'))[-1:]) if p.is_file() and p != path]
         hint = f"; earlier good checkpoints may be {prev} (pass one with --resume)" if prev else ''
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {str(e)[:200]}){hint}") from e
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_reason(e)}){hint}") from e
     if not isinstance(ck, dict) or 'models' not in ck: raise CheckpointError(f"{path}: not an eln_nb checkpoint (no 'models')")
     return ck
 
@@ -451,6 +530,8 @@ class Trainer:
             print(bf16_warning(), file=sys.stderr, flush=True)
         self.weights = check_weights(cfg)                                    # missing ImageNet weights stop the run here
         self.data = build_data(cfg)
+        t = time.time(); n = check_run_files(self.data, cfg, self.rank, self.ws)
+        if n and self.main: log(f"checked the files of {n} images ({cfg.check_files}) in {time.time() - t:.1f} s")
         torch.manual_seed(cfg.seed)                                          # identical initial weights on every rank
         self.m = build_models(cfg, self.data.info.num_classes)
         use_sync = cfg.sync_bn == 'on' or (cfg.sync_bn == 'auto' and self.device.type == 'cuda')
@@ -464,6 +545,8 @@ class Trainer:
         seed = cfg.seed + 1_000_003 * self.rank
         torch.manual_seed(seed); np.random.seed(seed % 2**32); random.seed(seed)  # dropout etc.: per rank
         self.it, self.best, self.history = 0, -math.inf, []
+        self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
+        self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
         self.resumed_from = self._resume(resume)
         for sub in ('student', 'teacher', 'aux', 'eln'):
             if cfg.compile and getattr(self.m, sub) is not None: getattr(self.m, sub).compile()
@@ -475,16 +558,25 @@ class Trainer:
         self.loaders = {}
 
 # %% ../nbs/09_train.ipynb #69f59064
-def _state(self:Trainer) -> dict:
-    "The checkpoint of the current state (random states gathered from every rank)."
+def _unused(self:Trainer, it=None) -> tuple:
+    "State-dict prefixes of the networks untouched at iteration `it`: the teacher before stage 2, aux and ELN in 1a."
+    it = self.it if it is None else it
+    return (('teacher.',) if it <= self.sched.warm else ()) + (('aux.', 'eln.') if it <= self.sched.n1a else ())
+
+def _state(self:Trainer, eval_only=False) -> dict:
+    "The checkpoint of the current state: what resuming needs (random states of every rank), or only evaluation weights."
+    drop = self._unused() + (('aux.',) if eval_only else ())
+    st = {'models': {k: v for k, v in self.m.state_dict().items() if not k.startswith(drop)}, 'iteration': self.it,
+          'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'config': asdict(self.cfg),
+          'run': self._run_stats(),
+          'classes': list(self.data.info.classes), 'palette': [list(p) for p in self.data.info.palette],
+          'num_classes': self.data.info.num_classes, 'version': 2, 'eval_only': eval_only}
+    if eval_only: return st
     rng = rng_state(self.gen)
     if self.ws > 1:
         allr = [None] * self.ws; dist.all_gather_object(allr, rng); rng = allr
     else: rng = [rng]
-    return {'models': self.m.state_dict(), 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
-            'iteration': self.it, 'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'rng': rng,
-            'world_size': self.ws, 'config': asdict(self.cfg), 'classes': list(self.data.info.classes),
-            'palette': [list(p) for p in self.data.info.palette], 'num_classes': self.data.info.num_classes, 'version': 1}
+    return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng, 'world_size': self.ws}
 
 def _find_resume(self:Trainer, resume):
     if resume: return Path(resume)
@@ -498,17 +590,32 @@ def _resume(self:Trainer, resume=None):
     if path is None: return None
     ck = load_checkpoint(path, self.device)
     old = config_from_dict(ck['config'])
-    runtime = {'out', 'device', 'num_workers', 'threads', 'progress', 'eval_every', 'ckpt_every', 'keep_every', 'log_every', 'compile'}
+    runtime = {'out', 'device', 'num_workers', 'threads', 'progress', 'eval_every', 'ckpt_every', 'keep_every', 'log_every', 'compile',
+               'check_files', 'keep_prev'}
     diff = [f.name for f in fields(TrainConfig) if f.name not in runtime and getattr(old, f.name) != getattr(self.cfg, f.name)]
     if diff and self.main: warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was checkpointed")
-    self.m.load_state_dict(ck['models']); self.opt.load_state_dict(ck['optimizer']); self.scaler.load_state_dict(ck['scaler'])
+    if 'optimizer' not in ck:
+        raise CheckpointError(f"{path}: weights for evaluation only (best.pt), cannot resume; use last.pt")
     self.it, self.best = int(ck['iteration']), float(ck['best'])
+    self._load_models(ck['models'], path)
+    self.opt.load_state_dict(ck['optimizer']); self.scaler.load_state_dict(ck['scaler'])
+    run = ck.get('run') or {}
+    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
+                  'sessions': run.get('sessions', 1)}
+    self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
     elif self.main: warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are re-seeded")
     if self.main: self.log(f"resumed from {path} at iteration {self.it}")
     return path
 
+def _load_models(self:Trainer, sd, path):
+    "Load checkpoint weights; only the networks the run had not touched yet may be missing."
+    missing, unexpected = self.m.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
+    if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
+
 Trainer._state, Trainer._find_resume, Trainer._resume = _state, _find_resume, _resume
+Trainer._unused, Trainer._load_models = _unused, _load_models
 
 # %% ../nbs/09_train.ipynb #0f204ebe
 def _loader(self:Trainer, which):
@@ -555,13 +662,17 @@ def _writer(self:Trainer):
         if self.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.out/'tb'))
+                start = getattr(self, '_start_it', 0)
+                self._tb = SummaryWriter(str(self.out/'tb'), purge_step=start + 1 if start else None)   # drop redone steps
             except Exception: pass
     return self._tb
 
 def _record(self:Trainer, rec:dict):
     "Append a record to metrics.jsonl and TensorBoard (rank 0 only)."
     if not self.main: return
+    key, seen = (rec.get('kind'), rec['iter']), self.__dict__.setdefault('_seen', set())
+    if key in seen: return                                            # already logged before a resume
+    seen.add(key)
     with open(self.out/'metrics.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
     tb = self._writer()
     if tb is not None:
@@ -577,23 +688,35 @@ def validate(self:Trainer, mode='full'):
     self._record({'kind': 'val', 'iter': self.it, 'phase': self.sched.phase(max(self.it - 1, 0)),
                   **{k: v for k, v in r.items() if isinstance(v, float)}})
     score = r.get(self.cfg.best_metric, math.nan)
+    if self.it == self.sched.warm: self.stage1 = {'iteration': self.it, self.cfg.best_metric: score}
     if math.isfinite(score) and score > self.best:
-        self.best = score
-        st = self._state()
-        if self.main: save_checkpoint(st, self.out/'best.pt', keep_prev=False)
+        self.best, self.best_it = score, self.it
+        st = self._state(eval_only=True)
+        if self.main: self._save_best(st)
     self.last_eval = (self.it, r)
     return r
 
+def _save_best(self:Trainer, st):
+    "best.pt: the evaluation weights, or a hard link to last.pt when that holds this very iteration (no extra disk)."
+    best, last = self.out/'best.pt', self.out/'last.pt'
+    if getattr(self, '_saved_it', None) == self.it and last.is_file():
+        tmp = best.with_name('.best.pt.link')
+        try:
+            tmp.unlink(missing_ok=True); os.link(last, tmp); os.replace(tmp, best); return
+        except OSError: pass                                          # no hard links here: write the weights
+    save_checkpoint(st, best, keep_prev=False)
+
 def checkpoint(self:Trainer):
-    "Write last.pt (keeping last.prev.pt) and, every `keep_every` iterations, iter_NNNNNNN.pt."
+    "Write last.pt (keeping last.prev.pt when `keep_prev`) and, every `keep_every` iterations, iter_NNNNNNN.pt."
     sync_bn_buffers(self.m)
     st = self._state()
     if not self.main: return
-    save_checkpoint(st, self.out/'last.pt')
+    save_checkpoint(st, self.out/'last.pt', keep_prev=self.cfg.keep_prev); self._saved_it = self.it
     if self.cfg.keep_every and self.it % self.cfg.keep_every == 0:
         save_checkpoint(st, self.out/f'iter_{self.it:07d}.pt', keep_prev=False)
 
 Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint = _writer, _record, validate, checkpoint
+Trainer._save_best = _save_best
 
 # %% ../nbs/09_train.ipynb #f024c4a2
 def fit(self:Trainer) -> dict:
@@ -603,6 +726,7 @@ def fit(self:Trainer) -> dict:
     if self.main:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out/'config.json').write_text(json.dumps(asdict(c), indent=1))
+        self._trim_metrics()
     self.phase_stats = {}
     for phase in ('1a', '1b', '2'):
         lo, hi = s.bounds(phase)
@@ -610,28 +734,34 @@ def fit(self:Trainer) -> dict:
         bar = tqdm(total=hi - lo, initial=self.it - lo, desc=f'phase {phase}', disable=not (self.main and c.progress),
                    dynamic_ncols=True, leave=True)
         t, n0, last = time.time(), self.it, {}
+        self._cur = (phase, t, n0, last)
         while self.it < hi:
             logs = self.train_step(phase)
             bar.update(1)
             if self.it % c.log_every == 0 or self.it == hi:
                 last = {k: round(float(v), 4) for k, v in logs.items()}
+                self._cur = (phase, t, n0, last)
                 rate = (self.it - n0) / max(time.time() - t, 1e-9)
                 bar.set_postfix({k: v for k, v in last.items() if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
                 self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
                               'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
-            if c.eval_every and self.it % c.eval_every == 0: self.validate()
+            if self.it == hi:                                        # the phase's statistics, as its last checkpoint saves them
+                self.phase_stats[phase] = self._run_stats()['phases'][phase]; self._cur = None
+            if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:   # and at the end of stage 1
+                self.validate()
             if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every and self.it % c.keep_every == 0):
                 self.checkpoint()
         bar.close()
-        self.phase_stats[phase] = {'iters': self.it - n0, 'time_s': round(time.time() - t, 1),
-                                   'it_per_s': round((self.it - n0) / max(time.time() - t, 1e-9), 3), **last}
     return self.finish()
 
 def finish(self:Trainer) -> dict:
     "Final validation (unless it just ran), report.json and the summary table."
     r = self.last_eval[1] if getattr(self, 'last_eval', (None,))[0] == self.it else self.validate()
-    rep = {**r, 'iterations': self.it, 'best_' + self.cfg.best_metric: self.best, 'phases': self.phase_stats,
-           'wall_time_s': round(time.time() - self.t0, 1), 'peak_memory_mb': round(_peak_memory_mb(self.device), 1),
+    run, m = self._run_stats(), self.cfg.best_metric
+    rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best, 'best_iteration': run['best_iteration'],
+           'stage1_' + m: (run['stage1'] or {}).get(m, math.nan), 'stage1_iteration': (run['stage1'] or {}).get('iteration'),
+           'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
+           'peak_memory_mb': round(_peak_memory_mb(self.device), 1),
            'device': str(self.device), 'world_size': self.ws, 'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
            'resumed_from': str(self.resumed_from) if self.resumed_from else None, 'classes': list(self.data.info.classes)}
     if self.main:
@@ -641,6 +771,31 @@ def finish(self:Trainer) -> dict:
     return rep
 
 Trainer.fit, Trainer.finish = fit, finish
+
+# %% ../nbs/09_train.ipynb #3f76b2f6
+def _run_stats(self:Trainer) -> dict:
+    "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
+    ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
+    if self._cur is not None:
+        name, t, n0, last = self._cur; b = self.prior['phases'].get(name, {})
+        n, secs = b.get('iters', 0) + self.it - n0, b.get('time_s', 0) + time.time() - t
+        ph[name] = {**b, **last, 'iters': n, 'time_s': round(secs, 1), 'it_per_s': round(n / max(secs, 1e-9), 3)}
+    return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
+            'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
+
+def _trim_metrics(self:Trainer):
+    "Drop metrics.jsonl records after the current iteration (a resumed run redoes them) and remember the others."
+    f, self._seen, self._start_it = self.out/'metrics.jsonl', set(), self.it
+    if not f.is_file(): return
+    keep = [r for r in map(_json_or_none, f.read_text().splitlines()) if r is not None and r.get('iter', 0) <= self.it]
+    self._seen = {(r.get('kind'), r.get('iter')) for r in keep}
+    tmp = f.with_name(f.name + '.tmp'); tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep)); os.replace(tmp, f)
+
+def _json_or_none(line):
+    try: return json.loads(line)
+    except json.JSONDecodeError: return None                       # a line cut by a kill
+
+Trainer._run_stats, Trainer._trim_metrics = _run_stats, _trim_metrics
 
 # %% ../nbs/09_train.ipynb #28e38e81
 def summary_table(rep:dict) -> str:
@@ -653,13 +808,26 @@ def summary_table(rep:dict) -> str:
     tch = rep.get('teacher_per_class_iou', {})
     for n, v in rep['per_class_iou'].items(): L.append(f"{n:<20}{v:>12.3f}{tch.get(n, math.nan):>12.3f}")
     L.append(f"{'mIoU':<20}{rep['student_miou']:>12.3f}{rep['teacher_miou']:>12.3f}")
+    L += [''] + best_lines(rep)
     L += ['', f"ELN error localization: precision {rep['eln_precision']:.3f}  recall {rep['eln_recall']:.3f}  F1 {rep['eln_f1']:.3f}",
           f"iterations {rep['iterations']}  wall time {rep['wall_time_s']:.1f} s  peak memory {rep['peak_memory_mb']:.0f} MB  "
           f"device {rep['device']} x{rep['world_size']}  amp {rep['amp']}"]
     return '\n'.join(L)
 
+def best_lines(rep:dict) -> list:
+    "The final and best validation score, and a warning when stage 2 lowered it."
+    m = rep.get('best_metric', 'student_miou')
+    fin, best, s1 = rep.get(m, math.nan), rep.get('best_' + m, math.nan), rep.get('stage1_' + m, math.nan)
+    L = [f"validation {m}: final {fin:.3f} (iteration {rep['iterations']}), best {best:.3f} "
+         f"(iteration {rep.get('best_iteration')}, in best.pt)"]
+    if fin < s1: L.append(f"WARNING: stage 2 lowered {m} from {s1:.3f} (end of stage 1, iteration {rep.get('stage1_iteration')}) "
+                          f"to {fin:.3f}; best.pt holds the best model")
+    return L
+
 def train(cfg:TrainConfig, resume=None) -> dict:
     "Train (or resume) the run `cfg` to the end; returns the report."
+    errs = config_errors(cfg)
+    if errs: raise ValueError('; '.join(f"{n}: {p}" for n, p in errs))
     t = Trainer(cfg, resume)
     try: return t.fit()
     finally:
@@ -672,6 +840,9 @@ def load_checkpoint_models(path, device='cpu'):
     cfg = config_from_dict(ck['config'])
     m = build_models(cfg, ck['num_classes'], pretrained=False)
     sd = {k.replace('module.', ''): v for k, v in ck['models'].items()}
-    m.load_state_dict(sd)
+    missing, unexpected = m.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith(('teacher.', 'aux.', 'eln.'))] + list(unexpected)
+    if bad: raise CheckpointError(f"{path}: weights do not fit the run's networks, e.g. {bad[:3]}")
+    if any(k.startswith('teacher.') for k in missing): m.teacher.load_state_dict(m.student.state_dict())   # not started yet
     info = DatasetInfo(cfg.dataset, ck['classes'], [tuple(p) for p in ck['palette']])
     return m.to(device).eval(), cfg, info

@@ -35,7 +35,7 @@ def test_train_and_eval(tmp_path, capsys):
     o = capsys.readouterr().out
     assert 'mIoU' in o and 'ELN error localization' in o              # the final table
     res = tmp_path/'eval.json'
-    assert eval_main(['--ckpt', str(out/'last.pt'), '--resize', '48', '--window', '24', '--json', str(res)]) == 0
+    assert eval_main(['--ckpt', str(out/'last.pt'), '--mode', 'full', 'resize', 'slide', '--resize', '48', '--window', '24', '--json', str(res)]) == 0
     r = json.loads(res.read_text())['results']
     assert set(r) == {'full', 'resize', 'slide'}
     for v in r.values(): assert 0 <= v['student_miou'] <= 1 and 'eln_f1' in v and len(v['per_class_iou']) == 5
