@@ -25,17 +25,18 @@ PARTS = ('demo', 'bench_bf16', 'bench_fp16', 'torchrun', 'compile')
 BUDGET = {'demo': 75, 'bench_bf16': 90, 'bench_fp16': 90, 'torchrun': 60, 'compile': 150}   # seconds; sum 465 < 8 min
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak TFLOP/s with fp32 accumulation, by a substring of
-# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
+# torch.cuda.get_device_name(); the first match wins, so the more specific names come first. None: a name that would
+# otherwise match a wrong entry (A10G is not an A10) and whose peak is not published: MFU is then not reported.
 PEAK_TFLOPS = (
-    ('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H200', 989.0), ('H100', 989.0), ('GH200', 989.0),
-    ('A100', 312.0), ('A10G', 70.0), ('A10', 125.0), ('L40S', 362.0), ('L4', 121.0),
+    ('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H200 NVL', 835.0), ('H200', 989.0), ('H100', 989.0),
+    ('A100', 312.0), ('A10G', None), ('A10', 125.0), ('L40S', 362.0), ('L4', 121.0),
     ('RTX 4090', 165.0), ('RTX 3090', 71.0),
 )
 
 def peak_tflops(name:str):
     "(peak dense bf16/fp16 TFLOP/s, the table entry that matched) for a CUDA device name; (None, None) when unknown."
     for key, v in PEAK_TFLOPS:
-        if key.lower() in (name or '').lower(): return v, key
+        if key.lower() in (name or '').lower(): return (v, key) if v else (None, None)
     return None, None
 
 # ---------------------------------------------------------------------------------------------------------------- plumbing
@@ -95,18 +96,24 @@ def report_of(out_dir:Path) -> dict:
     return {k: r.get(k) for k in keep}
 
 # ------------------------------------------------------------------------------------------------------------------- parts
-def part_demo(a, work:Path, timeout:float) -> dict:
-    "(a) the demo preset, trained to the end on the device, in a fresh output folder."
-    out = work/'demo'
+def demo_cmd(a, work:Path) -> list:
     extra = ['--iters-per-epoch', '1', '--pre-epochs', '1', '--eln-epochs', '1', '--epochs', '3'] if a.tiny else []
-    cmd = [sys.executable, '-m', 'eln_nb.cli', '--preset', 'demo', '--device', a.device, '--out', str(out), '--no-progress',
-           *extra, *tiny_train_opts(a)]
-    return _train_part(a, cmd, out, work/'demo.log', timeout)
+    return [sys.executable, '-m', 'eln_nb.cli', '--preset', 'demo', '--device', a.device, '--out', str(work/'demo'),
+            '--no-progress', *extra, *tiny_train_opts(a)]
+
+def part_demo(a, work:Path, timeout:float) -> dict:
+    "(a) the demo preset (`eln_nb_train --preset demo`), trained to the end on the device, in a fresh output folder."
+    return _train_part(a, demo_cmd(a, work), work/'demo', work/'demo.log', timeout)
+
+def progress(out:Path) -> str:
+    "How far a run got: its last metrics.jsonl record."
+    try: return '; last record in metrics.jsonl: ' + (out/'metrics.jsonl').read_text().strip().splitlines()[-1][:300]
+    except (OSError, IndexError): return '; no metrics.jsonl record'
 
 def _train_part(a, cmd, out, log, timeout, env=None) -> dict:
     r = {'command': cmd, **run_child(cmd, log, timeout, env or child_env(a), REPO)}
-    if r['timed_out']: raise TimeoutError(f"timed out after {timeout:.0f} s; log tail:\n{tail(log)}")
-    if r['rc']: raise RuntimeError(f"exit status {r['rc']}; log tail:\n{tail(log)}")
+    if r['timed_out']: raise TimeoutError(f"timed out after {timeout:.0f} s{progress(out)}; log tail:\n{tail(log)}")
+    if r['rc']: raise RuntimeError(f"exit status {r['rc']}{progress(out)}; log tail:\n{tail(log)}")
     r['report'] = report_of(out)
     return r
 
@@ -122,12 +129,14 @@ def bench_argv(a, amp:str) -> list:
     return [*size, '--amp', amp, '--device', a.device, '--data', a.bench_data, '--isolate', 'off', '--no-calibrate', '--flops',
             '--json']
 
+def bench_cmd(a, amp:str, peak) -> list:
+    argv = bench_argv(a, amp) + (['--peak-tflops', str(peak)] if peak else [])
+    return [sys.executable, '-c', f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))']
+
 def part_bench(a, work:Path, timeout:float, amp:str, peak) -> dict:
     "(b) the official preset's three phases at `amp` (fp16: with a GradScaler) through eln_nb.bench."
-    argv = bench_argv(a, amp)
-    if peak: argv += ['--peak-tflops', str(peak)]
-    code = f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))'
-    cmd, log = [sys.executable, '-c', code], work/f'bench_{amp}.log'
+    argv = bench_argv(a, amp) + (['--peak-tflops', str(peak)] if peak else [])
+    cmd, log = bench_cmd(a, amp, peak), work/f'bench_{amp}.log'
     r = {'command': ['eln_nb_bench', *argv], **run_child(cmd, log, timeout, child_env(a), REPO)}
     if r['timed_out']: raise TimeoutError(f"timed out after {timeout:.0f} s; log tail:\n{tail(log)}")
     if r['rc']: raise RuntimeError(f"exit status {r['rc']}; log tail:\n{tail(log)}")
@@ -142,14 +151,16 @@ def part_bench(a, work:Path, timeout:float, amp:str, peak) -> dict:
     r['config'] = rep.get('config')
     return r
 
+def torchrun_cmd(a, work:Path) -> list:
+    cli = ['--preset', 'demo', '--sync-bn', 'on', '--device', a.device, '--out', str(work/'torchrun'), '--no-progress',
+           *train_schedule(a, 1)]
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(a.torchrun_procs),
+            str(Path(__file__).resolve()), '--torchrun-child', str(work/'torchrun_child.json'), '--', *cli]
+
 def part_torchrun(a, work:Path, timeout:float) -> dict:
     "(c) one step of each phase under torchrun --nproc_per_node N with --sync-bn on, and the SyncBatchNorm function itself."
     out, info = work/'torchrun', work/'torchrun_child.json'
-    cli = ['--preset', 'demo', '--sync-bn', 'on', '--device', a.device, '--out', str(out), '--no-progress',
-           *train_schedule(a, 1)]
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(a.torchrun_procs),
-           str(Path(__file__).resolve()), '--torchrun-child', str(info), '--', *cli]
-    r = _train_part(a, cmd, out, work/'torchrun.log', timeout)
+    r = _train_part(a, torchrun_cmd(a, work), out, work/'torchrun.log', timeout)
     r.update(json.loads(info.read_text()))
     sb = r.get('syncbn_function') or {}
     if sb.get('ok') is False: r.update(ok=False, error=f"SyncBatchNorm function check failed: {sb}")
@@ -203,13 +214,14 @@ def syncbn_function_check(device) -> dict:
         return {'ok': diff < 1e-3, 'max_abs_diff': diff, 'backend': 'nccl'}
     finally: dist.destroy_process_group()
 
+def compile_cmd(a, work:Path) -> list:
+    return [sys.executable, '-m', 'eln_nb.cli', '--preset', 'demo', '--compile', '--device', a.device, '--out',
+            str(work/'compile'), '--no-progress', *train_schedule(a, 1)]
+
 def part_compile(a, work:Path, timeout:float) -> dict:
     "(d) one step of each phase with --compile (torch.compile, inductor)."
-    out = work/'compile'
-    cmd = [sys.executable, '-m', 'eln_nb.cli', '--preset', 'demo', '--compile', '--device', a.device, '--out', str(out),
-           '--no-progress', *train_schedule(a, 1)]
     env = child_env(a)
-    r = _train_part(a, cmd, out, work/'compile.log', timeout, env)
+    r = _train_part(a, compile_cmd(a, work), work/'compile', work/'compile.log', timeout, env)
     if env.get('TORCH_COMPILE_DISABLE') == '1': r['note'] = 'TORCH_COMPILE_DISABLE=1 was set: torch.compile was a no-op'
     return r
 
@@ -229,8 +241,11 @@ def machine(a) -> dict:
         info.update(card=torch.cuda.get_device_name(d), device_count=torch.cuda.device_count(), capability=[p.major, p.minor],
                     total_memory_gib=round(p.total_memory / 2**30, 1),
                     bf16_supported=torch.cuda.is_bf16_supported())
-        try: info['nccl'] = '.'.join(map(str, torch.cuda.nccl.version()))
+        try: v = torch.cuda.nccl.version(); info['nccl'] = '.'.join(map(str, v)) if isinstance(v, tuple) else str(v)
         except Exception: info['nccl'] = None
+        try: info['driver'] = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except Exception: info['driver'] = None
     else: info['card'] = None
     return info
 
@@ -246,8 +261,9 @@ def parser():
                    help='fixed tensors on the device (compute only), or batches from the CPU data loader')
     p.add_argument('--peak-tflops', type=float, default=None, help="the card's dense bf16/fp16 peak, for cards not in the table")
     p.add_argument('--torchrun-procs', type=int, default=1, help='processes (GPUs) for the torchrun part (>1: DDP + SyncBatchNorm)')
-    p.add_argument('--workdir', default=None, help='folder for the runs and logs (default: a fresh temporary folder, removed)')
+    p.add_argument('--workdir', default=None, help='folder for the runs and logs, made afresh (none given: a temporary folder, removed at the end)')
     p.add_argument('--keep', action='store_true', help='keep the work folder')
+    p.add_argument('--dry-run', action='store_true', help='print and write the plan (parts, time shares, commands); run nothing')
     p.add_argument('--device', default='cuda', help=argparse.SUPPRESS)          # tests: cpu
     p.add_argument('--tiny', action='store_true', help=argparse.SUPPRESS)       # tests: every part at a tiny size
     p.add_argument('--torchrun-child', default=None, help=argparse.SUPPRESS)    # internal: the process torchrun starts
@@ -270,6 +286,33 @@ def summary_lines(rep) -> list:
                      f"  MFU {'-' if r['mfu'] is None else format(r['mfu'], '.1%')}")
     return L
 
+MARKER = '.gpu_check_workdir'
+
+def set_peak(a, rep):
+    "The card's peak TFLOP/s (table or --peak-tflops) into `rep`; returns it (None: unknown)."
+    peak, key = (a.peak_tflops, '--peak-tflops') if a.peak_tflops else peak_tflops(rep.get('card') or '')
+    rep['peak_tflops'], rep['peak_source'] = peak, key and (key if key == '--peak-tflops' else f'table entry {key!r}')
+    rep['mfu_note'] = ("MFU = FLOPs counted by torch.utils.flop_counter.FlopCounterMode for one iteration (forward+backward) / "
+                       "median s/iter / the card's dense bf16/fp16 tensor peak" if peak else
+                       f"MFU not reported: {rep.get('card') or a.device!r} is not in the peak table (pass --peak-tflops)")
+    return peak
+
+def dry_run(a, rep) -> int:
+    "Print and write the plan (each part's time share and command) without running anything; needs no GPU."
+    import shlex
+    peak, work = set_peak(a, rep), Path(a.workdir or Path(tempfile.gettempdir())/'gpu_check_XXXXXX')
+    parts = list(dict.fromkeys(a.parts)); scale = a.budget / sum(BUDGET[n] for n in parts)
+    bench = lambda amp: ['eln_nb_bench', *bench_argv(a, amp), *(['--peak-tflops', str(peak)] if peak else [])]  # what the child runs
+    cmds = {'demo': lambda: demo_cmd(a, work), 'bench_bf16': lambda: bench('bf16'),
+            'bench_fp16': lambda: bench('fp16'), 'torchrun': lambda: torchrun_cmd(a, work),
+            'compile': lambda: compile_cmd(a, work)}
+    rep.update(dry_run=True, budget_s=a.budget, ok=True, plan={n: {'share_s': round(scale * BUDGET[n], 1), 'command': cmds[n]()}
+                                                              for n in parts})
+    print(f"gpu_check --dry-run: {rep.get('card') or 'no CUDA GPU here'}; budget {a.budget:.0f} s; peak "
+          f"{rep['peak_tflops'] or 'unknown'} TFLOP/s")
+    for n, v in rep['plan'].items(): print(f"  {n} (share {v['share_s']:.0f} s): {shlex.join(v['command'])}")
+    write(a.out, rep); print(f"wrote {a.out}"); return 0
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if '--torchrun-child' in argv:                 # the process torchrun starts: `--torchrun-child INFO -- <eln_nb_train options>`
@@ -279,20 +322,21 @@ def main(argv=None) -> int:
     t0, started = time.perf_counter(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
     import torch
     rep = {'tool': 'tools/gpu_check.py', 'started_utc': started, 'device': a.device, 'tiny': a.tiny, **machine(a)}
+    if a.dry_run: return dry_run(a, rep)
     if a.device.startswith('cuda') and not torch.cuda.is_available():
         rep.update(gpu=False, ok=True, parts={}, wall_s=round(time.perf_counter() - t0, 2),
                    message=f"no CUDA GPU found (torch {torch.__version__}, built for CUDA {torch.version.cuda}: "
                            "torch.cuda.is_available() is False); nothing was checked")
         write(a.out, rep); print(f"gpu_check: {rep['message']}; wrote {a.out}"); return 0
     rep['gpu'] = a.device.startswith('cuda')
-    peak, key = (a.peak_tflops, '--peak-tflops') if a.peak_tflops else peak_tflops(rep.get('card') or '')
-    rep['peak_tflops'], rep['peak_source'] = peak, key and (key if key == '--peak-tflops' else f'table entry {key!r}')
-    rep['mfu_note'] = ("MFU = FLOPs counted by torch.utils.flop_counter.FlopCounterMode for one iteration (forward+backward) / "
-                       "median s/iter / the card's dense bf16/fp16 tensor peak" if peak else
-                       f"MFU not reported: {rep.get('card') or a.device!r} is not in the peak table (pass --peak-tflops)")
+    peak = set_peak(a, rep)
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix='gpu_check_'))
-    if a.workdir and work.exists(): shutil.rmtree(work)       # a fresh out dir: never resume an earlier check's run
-    work.mkdir(parents=True, exist_ok=True)
+    if a.workdir and work.exists() and any(work.iterdir()):   # a fresh out dir: never resume an earlier check's runs
+        if not (work/MARKER).is_file():
+            print(f"gpu_check: error: --workdir {work} exists and is not a gpu_check work folder; give a new one", file=sys.stderr)
+            return 2
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True); (work/MARKER).write_text('a tools/gpu_check.py work folder\n')
     rep.update(budget_s=a.budget, workdir=str(work) if a.keep or a.workdir else None, parts={})
     runners = {'demo': lambda tl: part_demo(a, work, tl), 'bench_bf16': lambda tl: part_bench(a, work, tl, 'bf16', peak),
                'bench_fp16': lambda tl: part_bench(a, work, tl, 'fp16', peak), 'torchrun': lambda tl: part_torchrun(a, work, tl),
@@ -316,8 +360,8 @@ def main(argv=None) -> int:
             rep['wall_s'] = round(time.perf_counter() - t0, 2); write(a.out, rep)     # partial results survive a kill
     finally:
         if not (a.keep or a.workdir): shutil.rmtree(work, ignore_errors=True)
-    rep['wall_s'] = round(time.perf_counter() - t0, 2); write(a.out, rep)
-    print('\n'.join(summary_lines(rep)) + f"\nwrote {a.out}", flush=True)
+    rep['wall_s'] = round(time.perf_counter() - t0, 2); rep['summary'] = summary_lines(rep); write(a.out, rep)
+    print('\n'.join(rep['summary']) + f"\nwrote {a.out}", flush=True)
     return 0 if rep['ok'] else 1
 
 if __name__ == '__main__':
