@@ -106,11 +106,6 @@ def test_failing_part_is_recorded(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get('ELN_NB_SLOW'), reason='slow (minutes of inductor compilation on CPU): set ELN_NB_SLOW=1')
-@pytest.mark.xfail(strict=False, reason='found by this check: `eln_nb_train --compile` fails in the phase-2 backward ("one of the '
-                   'variables needed for gradient computation has been modified by an inplace operation: [torch.FloatTensor [256]]"): '
-                   'labelled_losses calls student.encode/decode eagerly (Module.compile covers only __call__), the eager BatchNorm '
-                   'saves its running stats for the backward, and the compiled student(weak), student(strong) then update them '
-                   'with a version-bumping copy_')
 def test_compile_part_really_compiles(tmp_path):
     "The compile part with inductor really compiling (about 7 minutes on 2 CPU cores)."
     env = subprocess_env(); env.pop('TORCH_COMPILE_DISABLE', None)
