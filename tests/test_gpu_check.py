@@ -107,9 +107,9 @@ def test_failing_part_is_recorded(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get('ELN_NB_SLOW'), reason='slow (minutes of inductor compilation on CPU): set ELN_NB_SLOW=1')
 def test_compile_part_really_compiles(tmp_path):
-    "The compile part with inductor really compiling (about 7 minutes on 2 CPU cores)."
+    "The compile part with inductor really compiling (1 to 7 minutes on 2 CPU cores, as warm the inductor cache is)."
     env = subprocess_env(); env.pop('TORCH_COMPILE_DISABLE', None)
-    r, rep = _run(tmp_path, '--device', 'cpu', '--tiny', '--parts', 'compile', env=env, timeout=900)
+    r, rep = _run(tmp_path, '--device', 'cpu', '--tiny', '--parts', 'compile', '--budget', '1500', env=env, timeout=1600)
     c = rep['parts']['compile']
     assert 'note' not in c and (c['ok'] or 'metrics.jsonl' in c['error'])       # really compiled; a failure says how far it got
     assert r.returncode == 0 and c['ok'], c['error']
