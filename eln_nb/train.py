@@ -124,6 +124,7 @@ class TrainConfig:
     num_workers: int = 2                 # data loader worker processes
     threads: int = 0                     # CPU threads for torch (0 = torch's default)
     progress: bool = True                # progress bars
+    init_from: str = ''                  # branch: start from another run's checkpoint (weights, optimizer, iteration, random state)
 
 # %% ../nbs/09_train.ipynb #585279ba
 def method_config(cfg:TrainConfig) -> MethodConfig:
@@ -588,11 +589,11 @@ def _find_resume(self:Trainer, resume):
 def _resume(self:Trainer, resume=None):
     "Load the checkpoint to continue from (auto: `out/last.pt`); returns its path or None."
     path = self._find_resume(resume)
-    if path is None: return None
+    if path is None: return self._branch(self.cfg.init_from) if self.cfg.init_from else None
     ck = load_checkpoint(path, self.device)
     old = config_from_dict(ck['config'])
     runtime = {'out', 'device', 'num_workers', 'threads', 'progress', 'eval_every', 'ckpt_every', 'keep_every', 'log_every', 'compile',
-               'check_files', 'keep_prev'}
+               'check_files', 'keep_prev', 'init_from'}
     diff = [f.name for f in fields(TrainConfig) if f.name not in runtime and getattr(old, f.name) != getattr(self.cfg, f.name)]
     if diff and self.main: warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was checkpointed")
     if 'optimizer' not in ck:
@@ -617,6 +618,42 @@ def _load_models(self:Trainer, sd, path):
 
 Trainer._state, Trainer._find_resume, Trainer._resume = _state, _find_resume, _resume
 Trainer._unused, Trainer._load_models = _unused, _load_models
+
+# %% ../nbs/09_train.ipynb #5b41f47d
+def _optimizer_state_by_name(ck:dict, old:TrainConfig, num_classes:int) -> dict:
+    "{parameter name: AdamW state} of the checkpoint `ck` written by a run with config `old`."
+    m = build_models(old, num_classes, pretrained=False)
+    m.load_state_dict(ck['models'], strict=False)
+    opt = make_optimizer(m, old.lr, old.backbone_lr, old.weight_decay, old.official_frozen_bn, fused=False)
+    opt.load_state_dict(ck['optimizer'])
+    names = {id(p): n for n, p in m.named_parameters()}
+    return {names[id(p)]: s for p, s in opt.state.items()}
+
+def _branch(self:Trainer, path):
+    "Start from another run's checkpoint `path` (see `TrainConfig.init_from`); returns its path."
+    path = Path(path)
+    ck = load_checkpoint(path, 'cpu')
+    if 'optimizer' not in ck: raise CheckpointError(f"{path}: weights for evaluation only, cannot branch from it; use last.pt")
+    it = int(ck['iteration'])
+    if it > self.sched.total: raise CheckpointError(f"{path}: at iteration {it}, past this run's {self.sched.total} iterations")
+    old = config_from_dict(ck['config'])
+    keep = [n for n, _ in self.m.named_children() if getattr(self.m, n) is not None]
+    sd = {k: v for k, v in ck['models'].items() if k.split('.')[0] in keep}
+    self.it, self.best = it, float(ck['best'])
+    self._load_models(sd, path)
+    moments = _optimizer_state_by_name(ck, old, ck['num_classes'])
+    for n, p in self.m.named_parameters():
+        if n in moments: self.opt.state[p] = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in moments[n].items()}
+    self.scaler.load_state_dict(ck['scaler'])
+    run = ck.get('run') or {}
+    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0), 'sessions': run.get('sessions', 1)}
+    self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
+    if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
+    dropped = sorted({k.split('.')[0] for k in ck['models']} - set(keep))
+    if self.main: self.log(f"branched from {path} at iteration {it}" + (f" (dropped {', '.join(dropped)})" if dropped else ''))
+    return path
+
+Trainer._branch = _branch
 
 # %% ../nbs/09_train.ipynb #0f204ebe
 def _loader(self:Trainer, which):
