@@ -1,12 +1,16 @@
-"Smoke test of tools/camvid_benchmark.py: one tiny ELN run on real CamVid, its analysis, the JSON, and resume (skips without the data)."
-import json, subprocess, sys
+"tools/camvid_benchmark.py on real CamVid at a tiny scale: one stage 1, every branch from it, Table 4, the JSON, resume."
+import importlib.util, json, subprocess, sys
 from pathlib import Path
-import pytest
+import pytest, torch
 from helpers import subprocess_env
 
 SCRIPT = Path(__file__).resolve().parents[1]/'tools'/'camvid_benchmark.py'
-TINY = ['--methods', 'eln', '--seeds', '0', '--jobs', '1', '--iters-per-epoch', '1', '--pre-epochs', '1', '--eln-epochs', '1',
-        '--epochs', '2', '--resize', '64', '80', '--crop', '64', '--batch-size', '2', '--test-limit', '4', '--analysis-limit', '4']
+TINY = ['--seeds', '0', '--jobs', '2', '--iters-per-epoch', '2', '--pre-epochs', '1', '--eln-epochs', '1', '--stage2-epochs', '1',
+        '--resize', '64', '80', '--crop', '64', '--batch-size', '2', '--test-limit', '4', '--analysis-limit', '8']
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('camvid_benchmark', SCRIPT); mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod); return mod
 
 @pytest.fixture
 def camvid(shared):
@@ -17,42 +21,48 @@ def camvid(shared):
 def bench(tmp_path, camvid, *extra):
     cmd = [sys.executable, str(SCRIPT), '--out', str(tmp_path/'runs'), '--json', str(tmp_path/'bench.json'),
            '--data-root', str(camvid), *TINY, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout, json.loads((tmp_path/'bench.json').read_text())
 
-def test_camvid_benchmark_smoke(tmp_path, camvid):
+def test_paired_benchmark(tmp_path, camvid):
     out, res = bench(tmp_path, camvid)
-    run = res['runs']['eln_s0']
-    assert run['iterations'] == 2 and 0 <= run['student_miou'] <= 1 and len(run['per_class_iou']) == 11
-    assert res['methods']['eln']['student_miou']['n'] == 1 and res['failed'] == []
-    assert res['setup']['iterations'] == {'1a': 1, '1b': 1, '2': 0}
-    an = run['analysis']                                 # error localization on 4 unlabelled training images
-    assert an['images'] == 4 and an['filters']['eln']['flagged'] >= 0
-    f = res['error_localization']['eln']['filters']
-    assert {'eln', 'conf<0.95', 'conf@eln_rate', 'entropy@eln_rate'} <= set(f)
-    assert f['conf@eln_rate']['flagged'] == pytest.approx(f['eln']['flagged'], abs=0.05)   # matched flag rate
+    assert res['seeds'] == [0] and res['failed'] == []
+    assert set(res['paired']) == {'supervised', 'none', 'threshold', 'eln', 'eln_cal', 'ecn'}
+    assert all(set(v) == {'0'} and 0 <= v['0'] <= 1 for v in res['paired'].values())
+    assert res['differences']['eln-threshold']['per_seed']['0'] == pytest.approx(res['paired']['eln']['0'] - res['paired']['threshold']['0'], abs=1e-4)
+    assert set(res['table4']) == {'eln_filter_bn', 'eln_eval_bn', 'confidence', 'entropy'}
+    for t in res['table4'].values(): assert {'ap', 'precision', 'recall', 'f1'} <= set(t) and 0 <= t['ap'] <= 1
+    runs = tmp_path/'runs'
+    for b in ('supervised', 'none', 'threshold', 'eln', 'eln_cal'):     # every branch starts from the one stage-1 checkpoint
+        assert f"--init-from {runs/'stage1_s0'/'last.pt'}" in (runs/f'{b}_s0'/'command.txt').read_text()
+    assert f"--init-from {runs/'stage1_s0'/'iter_0000002.pt'}" in (runs/'ecn_s0'/'command.txt').read_text()
+    cal = res['stage1']['0']['calibration']
+    assert f"--eln-threshold {cal['threshold']!r}" in (runs/'eln_cal_s0'/'command.txt').read_text()
+    aux = res['stage1']['0']['aux']
+    assert aux['records'] >= 1 and len(aux['decoders']) == 2 and aux['chance_loss'] == pytest.approx(2.3979, abs=1e-3)
+    assert all(0 <= d['active'] <= 1 for d in aux['decoders'])
+    s1 = json.loads((runs/'stage1_s0'/'report.json').read_text())
+    for b in res['paired']:                                          # the branches' stage 1 is the shared one, not retrained
+        rep = json.loads((runs/f'{b}_s0'/'report.json').read_text())
+        assert rep['phases']['1a'] == s1['phases']['1a'] and rep['iterations'] == 6
     assert 'NaN' not in (tmp_path/'bench.json').read_text()
-    assert not (tmp_path/'runs'/'eln_s0'/'best.pt').exists() and (tmp_path/'runs'/'eln_s0'/'last.pt').exists()
-    # resumable: a second call trains nothing and rebuilds the same results
-    out2, res2 = bench(tmp_path, camvid)
-    assert 'train eln_s0' not in out2 and res2['runs']['eln_s0']['student_miou'] == run['student_miou']
+    assert not (runs/'threshold_s0'/'last.pt').exists() and (runs/'stage1_s0'/'last.pt').exists()
+    ex = dict(__import__('numpy').load(runs/'eln_s0'/'example.npz'))
+    assert ex['image'].shape == (64, 80, 3) and ex['eln'].shape == (64, 80)
+    out2, res2 = bench(tmp_path, camvid)                             # resumable: nothing runs again
+    assert 'train ' not in out2 and res2['paired'] == res['paired']
 
+def test_scores():
+    mod = load_tool()
+    pos = torch.tensor([True, False, True, False, False])
+    assert mod._ap(torch.tensor([.9, .1, .8, .2, .3]), pos) == 1.0          # perfect ranking
+    assert mod._ap(torch.tensor([.1, .9, .2, .8, .7]), pos) == pytest.approx((1/4 + 2/5) / 2, abs=1e-4)
+    assert mod._top(torch.arange(10.), 0.3).tolist() == [False] * 7 + [True] * 3
+    p = mod._prf(torch.tensor([True, True, False, False]), torch.tensor([True, False, True, False]))
+    assert (p['precision'], p['recall'], p['f1'], p['kept_accuracy']) == (0.5, 0.5, 0.5, 0.5)
 
-def test_merge_keeps_earlier_methods_in_method_order():
-    "--merge: the new file gets the earlier file's methods it lacks (runs and error-localization scores too), in METHODS order."
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('camvid_benchmark', SCRIPT); mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    run = lambda m, s: {'method': m, 'split_seed': s}
-    old = {'created': 'then', 'command': 'old cmd', 'failed': [],
-           'methods': {'none': {'v': 1}, 'eln': {'v': 2}}, 'runs': {'none_s0': run('none', 0), 'eln_s0': run('eln', 0)},
-           'error_localization': {'eln': {'x': 1}}, 'setup': {'methods': ['none', 'eln']}}
-    new = {'created': 'now', 'command': 'new cmd', 'failed': ['ecn_s1: boom'],
-           'methods': {'ecn': {'v': 3}, 'eln': {'v': 4}}, 'runs': {'ecn_s0': run('ecn', 0), 'eln_s0': run('eln', 0) | {'new': True}},
-           'error_localization': {}, 'setup': {'methods': ['ecn', 'eln']}}
-    res = mod.merge(old, new)
-    assert list(res['methods']) == ['none', 'eln', 'ecn'] and res['setup']['methods'] == ['none', 'eln', 'ecn']
-    assert res['methods']['eln'] == {'v': 4} and res['methods']['none'] == {'v': 1}        # what this run trained wins
-    assert list(res['runs']) == ['none_s0', 'eln_s0', 'ecn_s0'] and res['runs']['eln_s0'].get('new')
-    assert res['error_localization'] == {} and res['merged']['methods'] == ['none'] and res['failed'] == ['ecn_s1: boom']
+def test_calibration_split_is_never_the_test_split(tmp_path, camvid):
+    r = subprocess.run([sys.executable, str(SCRIPT), '--data-root', str(camvid), '--calib-split', 'test', '--out', str(tmp_path)],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode != 0 and 'choose nothing on test' in r.stderr
