@@ -7,13 +7,14 @@ __all__ = ['DEVIATIONS', 'PRESETS', 'TrainConfig', 'method_config', 'official_va
            'config_errors', 'Schedule', 'RunData', 'build_data', 'check_run_files', 'build_models', 'check_weights',
            'weights_status', 'resolve_device', 'cpu_has_bf16', 'bf16_warning', 'resolve_amp', 'CheckpointError',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'predict', 'evaluate', 'StepModule',
-           'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'param_counts', 'Trainer', 'train_step',
-           'validate', 'checkpoint', 'fit', 'finish', 'summary_table', 'best_lines', 'train', 'load_checkpoint_models']
+           'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'param_counts', 'Trainer', 'summary_table',
+           'best_lines', 'train', 'load_checkpoint_models']
 
 # %% ../nbs/09_train.ipynb #48589639
 import contextlib, dataclasses, json, math, os, pickle, random, re, resource, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
+from fastcore.basics import patch
 
 import numpy as np
 import torch
@@ -560,11 +561,13 @@ class Trainer:
         self.loaders = {}
 
 # %% ../nbs/09_train.ipynb #69f59064
+@patch
 def _unused(self:Trainer, it=None) -> tuple:
     "State-dict prefixes of the networks untouched at iteration `it`: the teacher before stage 2, aux and ELN in 1a."
     it = self.it if it is None else it
     return (('teacher.',) if it <= self.sched.warm else ()) + (('aux.', 'eln.') if it <= self.sched.n1a else ())
 
+@patch
 def _state(self:Trainer, eval_only=False) -> dict:
     "The checkpoint of the current state: what resuming needs (random states of every rank), or only evaluation weights."
     drop = self._unused() + (('aux.',) if eval_only else ())
@@ -580,12 +583,14 @@ def _state(self:Trainer, eval_only=False) -> dict:
     else: rng = [rng]
     return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng, 'world_size': self.ws}
 
+@patch
 def _find_resume(self:Trainer, resume):
     if resume: return Path(resume)
     last = self.out/'last.pt'
     if last.is_file(): return last
     if (self.out/'last.prev.pt').is_file(): return self.out/'last.prev.pt'   # a crash between the two renames
 
+@patch
 def _resume(self:Trainer, resume=None):
     "Load the checkpoint to continue from (auto: `out/last.pt`); returns its path or None."
     path = self._find_resume(resume)
@@ -610,14 +615,12 @@ def _resume(self:Trainer, resume=None):
     if self.main: self.log(f"resumed from {path} at iteration {self.it}")
     return path
 
+@patch
 def _load_models(self:Trainer, sd, path):
     "Load checkpoint weights; only the networks the run had not touched yet may be missing."
     missing, unexpected = self.m.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
     if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
-
-Trainer._state, Trainer._find_resume, Trainer._resume = _state, _find_resume, _resume
-Trainer._unused, Trainer._load_models = _unused, _load_models
 
 # %% ../nbs/09_train.ipynb #5b41f47d
 def _optimizer_state_by_name(ck:dict, old:TrainConfig, num_classes:int) -> dict:
@@ -629,6 +632,7 @@ def _optimizer_state_by_name(ck:dict, old:TrainConfig, num_classes:int) -> dict:
     names = {id(p): n for n, p in m.named_parameters()}
     return {names[id(p)]: s for p, s in opt.state.items()}
 
+@patch
 def _branch(self:Trainer, path):
     "Start from another run's checkpoint `path` (see `TrainConfig.init_from`); returns its path."
     path = Path(path)
@@ -653,9 +657,8 @@ def _branch(self:Trainer, path):
     if self.main: self.log(f"branched from {path} at iteration {it}" + (f" (dropped {', '.join(dropped)})" if dropped else ''))
     return path
 
-Trainer._branch = _branch
-
 # %% ../nbs/09_train.ipynb #0f204ebe
+@patch
 def _loader(self:Trainer, which):
     "The endless loader of 'lab' or 'unl', started at the batch the current iteration needs."
     if which not in self.loaders:
@@ -666,6 +669,7 @@ def _loader(self:Trainer, which):
                                           partial_batches=c.partial_batches)
     with torch.random.fork_rng(devices=[]): return _to(next(self.loaders[which]), self.device, self.cfg.channels_last)
 
+@patch
 def _check_finite(self:Trainer, loss, logs, phase):
     if torch.isfinite(loss): return
     bad = [k for k, v in logs.items() if not torch.isfinite(v).all()] or ['total']
@@ -674,6 +678,7 @@ def _check_finite(self:Trainer, loss, logs, phase):
                              f"{' (also ' + ', '.join(bad[1:]) + ')' if bad[1:] else ''}; stopped without saving"
                              + (f"; the last good checkpoint {last} is kept" if last.is_file() else ''))
 
+@patch
 def train_step(self:Trainer, phase):
     "One iteration of `phase`: batches, forward under autocast, backward, optimizer step, EMA -> logs (detached)."
     act = self.sched.action(self.it, self.cfg.reset_student)
@@ -691,9 +696,8 @@ def train_step(self:Trainer, phase):
     self.it += 1
     return {'loss': loss.detach(), **logs}
 
-Trainer._loader, Trainer._check_finite, Trainer.train_step = _loader, _check_finite, train_step
-
 # %% ../nbs/09_train.ipynb #71cbc93a
+@patch
 def _writer(self:Trainer):
     if not hasattr(self, '_tb'):
         self._tb = None
@@ -705,6 +709,7 @@ def _writer(self:Trainer):
             except Exception: pass
     return self._tb
 
+@patch
 def _record(self:Trainer, rec:dict):
     "Append a record to metrics.jsonl and TensorBoard (rank 0 only)."
     if not self.main: return
@@ -717,6 +722,7 @@ def _record(self:Trainer, rec:dict):
         for k, v in rec.items():
             if isinstance(v, (int, float)) and k != 'iter' and math.isfinite(v): tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, rec['iter'])
 
+@patch
 def validate(self:Trainer, mode='full'):
     "Evaluate student, teacher and ELN on the validation split; update best.pt; returns the scores."
     sync_bn_buffers(self.m)
@@ -734,6 +740,7 @@ def validate(self:Trainer, mode='full'):
     self.last_eval = (self.it, r)
     return r
 
+@patch
 def _save_best(self:Trainer, st):
     "best.pt: the evaluation weights, or a hard link to last.pt when that holds this very iteration (no extra disk)."
     best, last = self.out/'best.pt', self.out/'last.pt'
@@ -744,6 +751,7 @@ def _save_best(self:Trainer, st):
         except OSError: pass                                          # no hard links here: write the weights
     save_checkpoint(st, best, keep_prev=False)
 
+@patch
 def checkpoint(self:Trainer):
     "Write last.pt (keeping last.prev.pt when `keep_prev`) and, every `keep_every` iterations, iter_NNNNNNN.pt."
     sync_bn_buffers(self.m)
@@ -753,10 +761,8 @@ def checkpoint(self:Trainer):
     if self.cfg.keep_every and self.it % self.cfg.keep_every == 0:
         save_checkpoint(st, self.out/f'iter_{self.it:07d}.pt', keep_prev=False)
 
-Trainer._writer, Trainer._record, Trainer.validate, Trainer.checkpoint = _writer, _record, validate, checkpoint
-Trainer._save_best = _save_best
-
 # %% ../nbs/09_train.ipynb #f024c4a2
+@patch
 def fit(self:Trainer) -> dict:
     "Run from the current iteration to the end of the schedule; returns (and writes) the report."
     from tqdm.auto import tqdm
@@ -792,6 +798,7 @@ def fit(self:Trainer) -> dict:
         bar.close()
     return self.finish()
 
+@patch
 def finish(self:Trainer) -> dict:
     "Final validation (unless it just ran), report.json and the summary table."
     r = self.last_eval[1] if getattr(self, 'last_eval', (None,))[0] == self.it else self.validate()
@@ -808,9 +815,8 @@ def finish(self:Trainer) -> dict:
         self.log(summary_table(rep))
     return rep
 
-Trainer.fit, Trainer.finish = fit, finish
-
 # %% ../nbs/09_train.ipynb #3f76b2f6
+@patch
 def _run_stats(self:Trainer) -> dict:
     "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
     ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
@@ -821,6 +827,7 @@ def _run_stats(self:Trainer) -> dict:
     return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
             'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
 
+@patch
 def _trim_metrics(self:Trainer):
     "Drop metrics.jsonl records after the current iteration (a resumed run redoes them) and remember the others."
     f, self._seen, self._start_it = self.out/'metrics.jsonl', set(), self.it
@@ -832,8 +839,6 @@ def _trim_metrics(self:Trainer):
 def _json_or_none(line):
     try: return json.loads(line)
     except json.JSONDecodeError: return None                       # a line cut by a kill
-
-Trainer._run_stats, Trainer._trim_metrics = _run_stats, _trim_metrics
 
 # %% ../nbs/09_train.ipynb #28e38e81
 def summary_table(rep:dict) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import io
 from pathlib import Path
+from fastcore.basics import patch
 from dataclasses import dataclass, field
 import numpy as np
 import torch
@@ -129,28 +130,30 @@ class ErrorAnalyzer:
         return self.cache[i]
 
 # %% ../nbs/10_viz.ipynb #70f4bd4f
-def _scores(self:ErrorAnalyzer, i:int, decoder='main', threshold:float=0.5) -> dict:
+@patch
+def scores(self:ErrorAnalyzer, i:int, decoder='main', threshold:float=0.5) -> dict:
     "Precision/recall/F1 of the ELN mask at `threshold` for image `i` and `decoder`."
     return self[i].scores(decoder, threshold)
 
-def _curves(self:ErrorAnalyzer, decoder='main', idxs=None, methods=('eln', 'entropy', 'confidence')) -> dict:
+@patch
+def curves(self:ErrorAnalyzer, decoder='main', idxs=None, methods=('eln', 'entropy', 'confidence')) -> dict:
     "Pooled `pr_curve` of each method over images `idxs` (default: all), on labelled pixels."
     rs = [self[i] for i in (range(len(self)) if idxs is None else idxs)]
     cat = lambda f: torch.cat([f(r)[r.valid()] for r in rs])
     err = cat(lambda r: r.error(decoder))
     return {m: pr_curve(cat(lambda r: error_score(r, decoder, m)), err) for m in methods}
 
-def _pooled(self:ErrorAnalyzer, decoder='main', threshold:float=0.5, idxs=None) -> dict:
+@patch
+def pooled(self:ErrorAnalyzer, decoder='main', threshold:float=0.5, idxs=None) -> dict:
     "Image-averaged and pooled P/R/F1 of the ELN mask over images `idxs` (`metrics.ErrorLocalizationMeter`)."
     rs = [self[i] for i in (range(len(self)) if idxs is None else idxs)]
     meter = ErrorLocalizationMeter(rs[0].ignore_index)
     for r in rs: meter.update(~r.eln_keep(decoder, threshold)[None], r.pred(decoder)[None], r.label[None])
     return meter.compute()
-ErrorAnalyzer.scores, ErrorAnalyzer.curves, ErrorAnalyzer.pooled = _scores, _curves, _pooled
 
 # %% ../nbs/10_viz.ipynb #0fee9228
-@classmethod
-def _from_checkpoint(cls, path, data=None, root=None, split='val', n=None, resize=None, device='cpu', loader=load_models, **kw):
+@patch(cls_method=True)
+def from_checkpoint(cls:ErrorAnalyzer, path, data=None, root=None, split='val', n=None, resize=None, device='cpu', loader=load_models, **kw):
     "An `ErrorAnalyzer` over `data` for the models of checkpoint `path` (`loader(path, device) -> (models, cfg, info)`)."
     m, cfg, info = loader(path, device)
     ds = checkpoint_dataset(cfg, data, root, split, n)
@@ -158,7 +161,6 @@ def _from_checkpoint(cls, path, data=None, root=None, split='val', n=None, resiz
     if resize is None: resize = tuple(cfg.val_resize) or None
     if resize is not None and len(resize) == 1: resize = int(resize[0])
     return cls(m, ds, info, resize, device, **kw)
-ErrorAnalyzer.from_checkpoint = _from_checkpoint
 
 # %% ../nbs/10_viz.ipynb #c8a5f13a
 VOID = (224, 224, 192)   # colorize's colour for 255: unlabelled in the ground truth, rejected in a pseudo label
@@ -274,11 +276,13 @@ class ErrorExplorer:
         return cls(ErrorAnalyzer.from_checkpoint(path, data, split=split, n=n, device=device, loader=loader), **kw)
 
 # %% ../nbs/10_viz.ipynb #86e36a96
-def _state(self:ErrorExplorer) -> dict:
+@patch
+def state(self:ErrorExplorer) -> dict:
     "The controls' values."
     return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value, 'alpha': self.alpha.value}
 
-def _update(self:ErrorExplorer):
+@patch
+def update(self:ErrorExplorer):
     "Recompute this image's scores and redraw the panel (called by every control)."
     st = self.state(); r = self.a[st['index']]
     self.scores = r.scores(st['decoder'], st['threshold'])
@@ -288,13 +292,14 @@ def _update(self:ErrorExplorer):
                           f"ELN mask at {st['threshold']:.2f}: precision {self.scores['precision']:.3f}, "
                           f"recall {self.scores['recall']:.3f}, F1 {self.scores['f1']:.3f}")
 
-def _set(self:ErrorExplorer, **kw):
+@patch
+def set(self:ErrorExplorer, **kw):
     "Set controls by name (index, decoder, threshold, alpha) as a user would; each change redraws."
     for k, v in kw.items(): dict(zip(('index', 'decoder', 'threshold', 'alpha'), self.controls))[k].value = v
     return self
 
+@patch
 def _repr_mimebundle_(self:ErrorExplorer, **kw): return self.widget._repr_mimebundle_(**kw)
-ErrorExplorer.state, ErrorExplorer.update, ErrorExplorer.set, ErrorExplorer._repr_mimebundle_ = _state, _update, _set, _repr_mimebundle_
 
 # %% ../nbs/10_viz.ipynb #9bdd3ba5
 def save_panels(a:ErrorAnalyzer, out, n:int=None, decoder='main', threshold:float=0.5, alpha:float=0.6, dpi:int=100) -> list:
