@@ -16,7 +16,7 @@ import torch
 from .train import (TrainConfig, PRESETS, make_config, Schedule, build_data, build_models, param_counts, train,
                           load_checkpoint_models, evaluate, resolve_amp, resolve_device, CheckpointError, NonFiniteLossError,
                           _size, DEVIATIONS, weights_status, config_errors, check_run_files, _dataset)
-from .data import get_dataset, eval_loader, DatasetError
+from .data import get_dataset, eval_loader, DatasetError, _pair
 
 # %% ../nbs/11_cli.ipynb #0ed2f45c
 def _preset_arg(argv=None) -> str:
@@ -198,7 +198,7 @@ def eval_main(argv=None):
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"eln_nb_eval: error: {e}", file=sys.stderr); return 2
     dev = resolve_device(a.device); amp = resolve_amp(a.amp, dev); m.to(dev)
-    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or _pair2(_size(cfg.crop)) or (321, 321)
+    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or (_pair(cfg.crop * 2 if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None) or (321, 321)
     modes, size = _eval_modes(a, cfg)
     results = {}
     for mode in modes:
@@ -220,8 +220,6 @@ def _eval_modes(a, cfg):
     print(f"the run validated at {('size ' + str(_size(cfg.val_resize))) if cfg.val_resize else 'full resolution'}"
           + ('' if same else '; other modes or sizes score differently'))
     return modes, size
-
-def _pair2(s): return None if s is None else (s, s) if isinstance(s, int) else tuple(s)
 
 # %% ../nbs/11_cli.ipynb #5f57f7f4
 if __name__ == '__main__' and 'IPython' not in sys.modules:   # `python -m eln_nb.cli ...` (what torchrun starts) is eln_nb_train

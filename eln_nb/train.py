@@ -7,8 +7,8 @@ __all__ = ['DEVIATIONS', 'PRESETS', 'TrainConfig', 'method_config', 'official_va
            'config_errors', 'Schedule', 'RunData', 'build_data', 'check_run_files', 'build_models', 'check_weights',
            'weights_status', 'resolve_device', 'cpu_has_bf16', 'bf16_warning', 'resolve_amp', 'CheckpointError',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'predict', 'evaluate', 'StepModule',
-           'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'param_counts', 'Trainer', 'summary_table',
-           'best_lines', 'train', 'load_checkpoint_models']
+           'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'peak_memory_mb', 'param_counts', 'Trainer',
+           'summary_table', 'best_lines', 'train', 'load_checkpoint_models']
 
 # %% ../nbs/09_train.ipynb #48589639
 import contextlib, dataclasses, json, math, os, pickle, random, re, resource, sys, time, warnings
@@ -501,11 +501,13 @@ def sync_bn_buffers(m:nn.Module):
 class NonFiniteLossError(FloatingPointError):
     "A loss term became NaN or infinite."
 
-def _peak_memory_mb(device):
+def peak_memory_mb(device:torch.device) -> float:
+    "Peak allocated CUDA memory, or the process's peak RSS (Linux reports KiB), in MiB."
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-def _to(b, device, cl=False):
+def _to(b:dict, device, cl=False) -> dict:
+    "Move a batch to `device` (images channels_last if `cl`)."
     b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
     if cl:
         for k in ('image', 'weak', 'strong'):
@@ -806,7 +808,7 @@ def finish(self:Trainer) -> dict:
     rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best, 'best_iteration': run['best_iteration'],
            'stage1_' + m: (run['stage1'] or {}).get(m, math.nan), 'stage1_iteration': (run['stage1'] or {}).get('iteration'),
            'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
-           'peak_memory_mb': round(_peak_memory_mb(self.device), 1),
+           'peak_memory_mb': round(peak_memory_mb(self.device), 1),
            'device': str(self.device), 'world_size': self.ws, 'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
            'resumed_from': str(self.resumed_from) if self.resumed_from else None, 'classes': list(self.data.info.classes)}
     if self.main:

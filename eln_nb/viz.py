@@ -16,19 +16,15 @@ from matplotlib.patches import Patch
 from torch.utils.data import Subset
 from .data import DatasetInfo, EvalView, denormalize, colorize, get_dataset
 from .eln import entropy_map
+from .losses import resize_to
 from .metrics import error_localization_scores, ErrorLocalizationMeter
 
 # %% auto #0
-__all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'up', 'run_models', 'ImageResult', 'error_score', 'pr_curve', 'best_f1',
+__all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'run_models', 'ImageResult', 'error_score', 'pr_curve', 'best_f1',
            'load_models', 'checkpoint_dataset', 'ErrorAnalyzer', 'overlay', 'class_legend', 'outcome_map', 'eln_panel',
            'aux_panel', 'pr_figure', 'fig_png', 'ErrorExplorer', 'save_panels']
 
 # %% ../nbs/10_viz.ipynb #ac5d79eb
-def up(x, size):
-    "Bilinear resize of [B,C,h,w] to `size` with align_corners=True (the official choice), float32."
-    x = x.float()
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=True)
-
 @torch.no_grad()
 def run_models(m, x:torch.Tensor, # [1,3,H,W] normalised image
                teacher:bool=False) -> tuple: # (logits {decoder: [C,H,W]}, eln logits {decoder: [H,W]})
@@ -42,8 +38,8 @@ def run_models(m, x:torch.Tensor, # [1,3,H,W] normalised image
         e = {}
         if m.eln is not None and getattr(m, 'filter', 'eln') == 'eln':
             out = m.eln(x.repeat(len(zs), 1, 1, 1), torch.cat(list(zs.values())), dropout=False)
-            e = {d: up(o[None], size)[0, 0].cpu() for d, o in zip(zs, out)}
-        return {d: up(z, size)[0].cpu() for d, z in zs.items()}, e
+            e = {d: resize_to(o[None].float(), size)[0, 0].cpu() for d, o in zip(zs, out)}
+        return {d: resize_to(z.float(), size)[0].cpu() for d, z in zs.items()}, e
     finally: m.train(was)
 
 # %% ../nbs/10_viz.ipynb #c3110348
