@@ -6,9 +6,10 @@
 from __future__ import annotations
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
+from .cpu_kernels import Dropout, AtrousConv2d
 
 # %% auto #0
-__all__ = ['conv_bn_relu', 'init_kaiming', 'aspp_rates', 'ASPP', 'keep_mask', 'Dropout', 'tap_fraction', 'AtrousConv2d']
+__all__ = ['conv_bn_relu', 'init_kaiming', 'aspp_rates', 'ASPP']
 
 # %% ../nbs/02_aspp.ipynb #10092bf6
 def conv_bn_relu(cin, cout, k=1, dilation=1):
@@ -43,76 +44,3 @@ class ASPP(nn.Module):
         pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])  # = bilinear upsampling of a 1x1 map
         y = self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
         return self.dropout(y) if dropout else y
-
-# %% ../nbs/02_aspp.ipynb #66452e40
-def keep_mask(shape, p:float, device='cpu', generator=None) -> torch.Tensor:
-    "Bool mask of `shape`, each entry True with probability 1-p (p rounded to a multiple of 2**-16)."
-    n = math.prod(shape)
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None, generator=generator)
-    return (bits.view(torch.int16)[:n] >= -32768 + round(p * 65536)).view(shape)
-
-class Dropout(nn.Dropout):
-    "`nn.Dropout` whose CPU mask costs 16 random bits per activation instead of a float draw; [*] -> [*]"
-    def __init__(self, p=0.5, fast=True):
-        super().__init__(p)
-        self.fast = fast
-
-    def forward(self, x):
-        if not self.training or self.p == 0: return x
-        if not self.fast or x.device.type != 'cpu' or self.p >= 1: return F.dropout(x, self.p, True)
-        keep = keep_mask(x.shape, self.p, x.device)
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            keep = keep.view(x.shape[0], *x.shape[2:], x.shape[1]).permute(0, 3, 1, 2)   # same strides as x: no transposed reads
-        return torch.where(keep, x * (1 / (1 - self.p)), x.new_zeros(()))
-
-# %% ../nbs/02_aspp.ipynb #898534ef
-def _inside(n, offset):
-    "Output positions [o0, o1) along an axis of length n whose input position o+offset lies inside the map"
-    return max(0, -offset), min(n, n - offset)
-
-def tap_fraction(h, w, dilation) -> float:
-    "Fraction of a 3x3 kernel's reads at `dilation` that fall inside an h x w map (the rest read zero padding)"
-    rows = sum(max(0, b - a) for a, b in (_inside(h, (k - 1) * dilation) for k in range(3)))
-    cols = sum(max(0, b - a) for a, b in (_inside(w, (k - 1) * dilation) for k in range(3)))
-    return rows * cols / (9 * h * w)
-
-class _AtrousConv3x3(torch.autograd.Function):
-    "conv2d(x [B,C,H,W], w [O,C,3,3], padding=d, dilation=d) -> [B,O,H,W], with a backward that skips padding-only taps"
-    @staticmethod
-    def forward(ctx, x, w, d):
-        ctx.save_for_backward(x, w); ctx.d = d
-        return F.conv2d(x, w, padding=d, dilation=d)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        d, (H, W) = ctx.d, x.shape[-2:]
-        gx = gw = None
-        if ctx.needs_input_grad[0]: gx = F.conv2d(g, w.transpose(0, 1).flip(-1, -2), padding=d, dilation=d)
-        if ctx.needs_input_grad[1]:
-            gw = torch.zeros_like(w)
-            xs, gs = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)         # [B,H,W,C]: views for channels_last tensors
-            for ky in range(3):
-                (a, b), dy = _inside(H, (ky - 1) * d), (ky - 1) * d
-                for kx in range(3):
-                    (c, e), dx = _inside(W, (kx - 1) * d), (kx - 1) * d
-                    if a >= b or c >= e: continue
-                    gw[:, :, ky, kx] = gs[:, a:b, c:e].reshape(-1, g.shape[1]).T @ xs[:, a+dy:b+dy, c+dx:e+dx].reshape(-1, x.shape[1])
-        return gx, gw, None
-
-class AtrousConv2d(nn.Conv2d):
-    "`nn.Conv2d` (3x3, dilation d, padding d, no bias) whose CPU backward skips taps that read only padding"
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        d = self.dilation[0]   # the layouts the custom backward handles; any other falls back to nn.Conv2d
-        self.tapwise = (self.kernel_size == (3, 3) and self.bias is None and self.groups == 1
-                        and self.dilation == (d, d) and self.padding == (d, d))
-
-    def forward(self, x):
-        d = self.dilation[0]
-        if not self.tapwise or x.device.type != 'cpu' or tap_fraction(*x.shape[-2:], d) >= 0.5: return super().forward(x)
-        w = self.weight
-        if torch.is_autocast_enabled('cpu'):
-            dt = torch.get_autocast_dtype('cpu')
-            x, w = x.to(dt), w.to(dt)
-        with torch.autocast('cpu', enabled=False): return _AtrousConv3x3.apply(x, w, d)

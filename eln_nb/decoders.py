@@ -6,7 +6,8 @@
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from .backbones import ResNetEncoder
-from .aspp import ASPP, Dropout, aspp_rates, conv_bn_relu, init_kaiming
+from .aspp import ASPP, aspp_rates, conv_bn_relu, init_kaiming
+from .cpu_kernels import Dropout
 
 # %% auto #0
 __all__ = ['DeepLabV3PlusDecoder', 'head', 'Decoder', 'resnet_depth', 'SegModel', 'AuxDecoders']

@@ -12,7 +12,7 @@ import contextlib, copy
 from dataclasses import dataclass
 import torch
 from torch import nn
-from .aspp import Dropout
+from .cpu_kernels import Dropout
 from .decoders import SegModel, AuxDecoders
 from .eln import ELN, per_source_bn
 from .losses import sup_loss, constrained_aux_loss, eln_loss

@@ -205,7 +205,7 @@ def test_torch_compile():
 
 
 # --- CPU speed-ups of 02_aspp: same maths as the stock modules -------------------------------------------------------
-from eln_nb.aspp import Dropout, AtrousConv2d, tap_fraction, keep_mask
+from eln_nb.cpu_kernels import Dropout, AtrousConv2d, tap_fraction, keep_mask
 
 
 @pytest.mark.parametrize('p', [0.1, 0.5, 0.9])

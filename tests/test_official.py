@@ -3,7 +3,7 @@ import copy, subprocess, sys, time
 import pytest, torch, torchvision
 from torch import nn
 from eln_nb.backbones import PretrainedWeightsError, hub_file
-from eln_nb.aspp import Dropout
+from eln_nb.cpu_kernels import Dropout
 from eln_nb.cli import train_main
 from eln_nb.data import make_loader, SyntheticScenes, LabelledView
 from eln_nb.losses import constrained_aux_loss, sup_loss, eln_loss
