@@ -15,7 +15,7 @@ import torch
 
 from .train import (TrainConfig, PRESETS, make_config, Schedule, build_data, build_models, param_counts, train,
                           load_checkpoint_models, evaluate, resolve_amp, resolve_device, CheckpointError, NonFiniteLossError,
-                          _size, DEVIATIONS, weights_status, config_errors, check_run_files, _dataset)
+                          _size, DEVIATIONS, weights_status, config_errors, check_run_files, _dataset, resolve_channels_last)
 from .data import get_dataset, eval_loader, DatasetError, _pair
 
 # %% ../nbs/11_cli.ipynb #0ed2f45c
@@ -34,6 +34,8 @@ def field_help(cls=TrainConfig) -> dict:
 
 def _elem_type(default): return float if any(isinstance(v, float) for v in default) else int
 
+_SWITCHES = ('channels_last',)
+
 def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
     "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
     usage = '%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]'
@@ -50,6 +52,9 @@ def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser
         h = f"{helps.get(f.name, '')} (default {getattr(base, f.name)!r})".replace('%', '%%')
         opt = '--' + f.name.replace('_', '-')
         if isinstance(f.default, bool): g.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
+        elif f.name in _SWITCHES:                    # auto/on/off; a bare --OPTION means on, --no-OPTION off (as when it was a bool)
+            g.add_argument(opt, nargs='?', const='on', choices=('auto', 'on', 'off'), default=argparse.SUPPRESS, help=h)
+            g.add_argument('--no-' + opt[2:], dest=f.name, action='store_const', const='off', default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         elif isinstance(f.default, tuple):
             g.add_argument(opt, nargs='*', type=_elem_type(f.default) if f.default else float, default=argparse.SUPPRESS, help=h)
         else: g.add_argument(opt, type=type(f.default), default=argparse.SUPPRESS, help=h)
@@ -131,7 +136,8 @@ def plan(cfg:TrainConfig) -> str:
              + (', scaled by world size' if cfg.scale_lr else ''))
     L += [f"weights: {k}: {v}" for k, v in weights_status(cfg).items()]
     dev = resolve_device(cfg.device); amp = resolve_amp(cfg.amp, dev, cfg.official)
-    L.append(f"runtime: device {dev}, amp {str(amp).replace('torch.', '') if amp else 'off'}, channels_last {cfg.channels_last}, "
+    L.append(f"runtime: device {dev}, amp {str(amp).replace('torch.', '') if amp else 'off'}, channels_last {cfg.channels_last} "
+             f"({'on' if resolve_channels_last(cfg.channels_last, dev) else 'off'}), "
              f"compile {cfg.compile}, workers {cfg.num_workers}, seed {cfg.seed}, deterministic {cfg.deterministic}")
     L.append(f"output: {cfg.out} (validate every {cfg.eval_every or 'end'}, last.pt every {cfg.ckpt_every}, keep every {cfg.keep_every or '-'})")
     L.append(deviation_table(cfg, dev))

@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['DEVIATIONS', 'PRESETS', 'TrainConfig', 'method_config', 'official_values', 'make_config', 'config_from_dict',
            'config_errors', 'Schedule', 'RunData', 'build_data', 'check_run_files', 'build_models', 'check_weights',
-           'weights_status', 'resolve_device', 'cpu_has_bf16', 'bf16_warning', 'resolve_amp', 'CheckpointError',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'predict', 'evaluate', 'StepModule',
-           'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'peak_memory_mb', 'param_counts', 'Trainer',
-           'summary_table', 'best_lines', 'train', 'load_checkpoint_models']
+           'weights_status', 'resolve_device', 'cpu_has_bf16', 'bf16_warning', 'cpu_has_amx', 'resolve_channels_last',
+           'resolve_amp', 'CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'predict', 'evaluate', 'StepModule', 'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError',
+           'peak_memory_mb', 'param_counts', 'Trainer', 'summary_table', 'best_lines', 'train',
+           'load_checkpoint_models']
 
 # %% ../nbs/09_train.ipynb #48589639
 import contextlib, dataclasses, json, math, os, pickle, random, re, resource, sys, time, warnings
@@ -119,7 +120,7 @@ class TrainConfig:
     deterministic: bool = False          # deterministic algorithms (bitwise-exact resume on CPU)
     device: str = 'auto'                 # auto, cpu, cuda or cuda:N
     amp: str = 'auto'                    # mixed precision: auto, bf16, fp16 (with GradScaler) or off (auto: see resolve_amp)
-    channels_last: bool = False          # channels_last memory format for the networks and inputs
+    channels_last: str = 'auto'          # channels_last memory format: auto (on for CPUs with AMX, see resolve_channels_last), on, off
     compile: bool = False                # torch.compile the networks
     sync_bn: str = 'auto'                # SyncBatchNorm under DDP: auto (on CUDA), on, off
     num_workers: int = 2                 # data loader worker processes
@@ -187,7 +188,9 @@ def config_from_dict(d:dict) -> TrainConfig:
     "Inverse of `asdict` (lists back to tuples); fields this version does not know are dropped with a warning."
     names = {f.name for f in fields(TrainConfig)}
     if set(d) - names: warnings.warn(f"ignoring unknown config fields {sorted(set(d) - names)}")
-    return make_config(**{k: v for k, v in d.items() if k in names})
+    d = {k: v for k, v in d.items() if k in names}
+    if isinstance(d.get('channels_last'), bool): d['channels_last'] = 'on' if d['channels_last'] else 'off'   # before 'auto'
+    return make_config(**d)
 
 # %% ../nbs/09_train.ipynb #d498d5ba
 _AT_LEAST = {1: ('split', 'batch_size', 'unlabelled_batch_size', 'eval_batch_size', 'iters_per_epoch', 'epochs', 'log_every',
@@ -199,7 +202,7 @@ _NON_NEGATIVE = ('weight_decay', 'lambda_st', 'lambda_con')
 _POSITIVE = ('lr', 'backbone_lr', 'tau')
 _UNIT = ('ema', 'conf_threshold', 'blur')
 _CHOICES = {'output_stride': (8, 16), 'amp': ('auto', 'bf16', 'fp16', 'off'), 'sync_bn': ('auto', 'on', 'off'),
-            'check_files': ('full', 'header', 'off'), 'dataset': ('synthetic', 'camvid', 'voc', 'cityscapes', 'city', 'folder')}
+            'check_files': ('full', 'header', 'off'), 'channels_last': ('auto', 'on', 'off'), 'dataset': ('synthetic', 'camvid', 'voc', 'cityscapes', 'city', 'folder')}
 
 # %% ../nbs/09_train.ipynb #93d5b93e
 def _size_errors(cfg):
@@ -353,6 +356,18 @@ def bf16_warning() -> str:
     "What to tell a user who asks for bf16 on a CPU without bf16 matrix instructions."
     return ("warning: this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 autocast is emulated and much slower than fp32 "
             "(about 20x: 69 s against 3.3 s per phase-1a iteration on an AVX2-only EPYC); use --amp off (or auto)")
+
+def cpu_has_amx() -> bool:
+    "True when the CPU has AMX-BF16 tile instructions."
+    try: return 'amx_bf16' in Path('/proc/cpuinfo').read_text().split()
+    except OSError: return False
+
+def resolve_channels_last(spec, device:torch.device) -> bool:
+    "`channels_last` ('auto', 'on', 'off', or a bool) -> whether the run uses it; auto: on for CPUs with AMX, else off."
+    if isinstance(spec, bool): return spec
+    if spec not in ('auto', 'on', 'off'): raise ValueError(f"channels_last={spec!r}; choose auto, on or off")
+    if spec != 'auto': return spec == 'on'
+    return device.type == 'cpu' and cpu_has_amx()
 
 def resolve_amp(amp:str, device:torch.device, official:bool=False):
     "`amp` ('auto', 'bf16', 'fp16', 'off') -> torch dtype for autocast, or None; `official`: auto = fp16 on CUDA, else off."
@@ -541,7 +556,8 @@ class Trainer:
         use_sync = cfg.sync_bn == 'on' or (cfg.sync_bn == 'auto' and self.device.type == 'cuda')
         if self.ws > 1 and use_sync: self.m = nn.SyncBatchNorm.convert_sync_batchnorm(self.m)
         self.m.to(self.device)
-        if cfg.channels_last: self.m.to(memory_format=torch.channels_last)
+        self.cl = resolve_channels_last(cfg.channels_last, self.device)
+        if self.cl: self.m.to(memory_format=torch.channels_last)
         k = self.ws if cfg.scale_lr else 1
         self.opt = make_optimizer(self.m, cfg.lr * k, cfg.backbone_lr * k, cfg.weight_decay, cfg.official_frozen_bn)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -669,7 +685,7 @@ def _loader(self:Trainer, which):
                                (d.unlabelled, c.unlabelled_batch_size, d.unl_view, max(0, self.it - self.sched.warm)))
         self.loaders[which] = make_loader(ds, bs, c.seed + (which == 'unl'), start, c.num_workers, self.rank, self.ws, view=view,
                                           partial_batches=c.partial_batches)
-    with torch.random.fork_rng(devices=[]): return _to(next(self.loaders[which]), self.device, self.cfg.channels_last)
+    with torch.random.fork_rng(devices=[]): return _to(next(self.loaders[which]), self.device, self.cl)
 
 @patch
 def _check_finite(self:Trainer, loss, logs, phase):
@@ -730,7 +746,7 @@ def validate(self:Trainer, mode='full'):
     sync_bn_buffers(self.m)
     dl = eval_loader(self.data.val, self.cfg.eval_batch_size, self.cfg.num_workers, _size(self.cfg.val_resize), self.rank, self.ws)
     r = evaluate(self.m, dl, self.data.info, self.device, self.amp, mode, _size(self.cfg.crop) or (321, 321),
-                 self.cfg.eln_threshold, self.cfg.channels_last)
+                 self.cfg.eln_threshold, self.cl)
     self._record({'kind': 'val', 'iter': self.it, 'phase': self.sched.phase(max(self.it - 1, 0)),
                   **{k: v for k, v in r.items() if isinstance(v, float)}})
     score = r.get(self.cfg.best_metric, math.nan)

@@ -22,7 +22,7 @@ from .metrics import error_localization_scores, ErrorLocalizationMeter
 # %% auto #0
 __all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'run_models', 'ImageResult', 'error_score', 'pr_curve', 'best_f1',
            'load_models', 'checkpoint_dataset', 'ErrorAnalyzer', 'overlay', 'class_legend', 'outcome_map', 'eln_panel',
-           'aux_panel', 'pr_figure', 'fig_png', 'ErrorExplorer', 'save_panels']
+           'aux_panel', 'pr_figure', 'fig_png', 'filter_figure', 'ErrorExplorer', 'save_panels']
 
 # %% ../nbs/10_viz.ipynb #ac5d79eb
 @torch.no_grad()
@@ -249,6 +249,28 @@ def pr_figure(curves:dict, # method -> `pr_curve`
 def fig_png(fig:Figure, dpi:int=80) -> bytes:
     "PNG bytes of a figure."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
+
+# %% ../nbs/10_viz.ipynb #ed209c2d
+def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = void), eln (keep prob.), ent, palette
+                  threshold:float=None, figsize=(10, 5.4)) -> Figure:
+    "Image, teacher prediction, its errors, entropy, ELN error probability and the ELN-filtered pseudo label."
+    ex = dict(ex)
+    t = float(ex.get('eln_threshold', 0.5)) if threshold is None else threshold
+    lab, pred, pal = ex['label'].astype(np.int64), ex['pred'].astype(np.int64), ex['palette']
+    wrong = (pred != lab) & (lab != 255)
+    keep = ex['eln'].astype(np.float32) > t
+    pseudo = np.where(keep, pred, 255)
+    fig = Figure(figsize=figsize)
+    axs = fig.subplots(2, 3)
+    _show(axs[0, 0], ex['image'], 'image')
+    _show(axs[0, 1], colorize(pred, pal), 'teacher prediction')
+    _show(axs[0, 2], wrong, f'teacher wrong: {100 * wrong.mean():.0f}% of pixels', cmap='gray')
+    _show(axs[1, 0], ex['ent'].astype(np.float32), 'entropy (normalised)', cmap='magma', vmin=0, vmax=1)
+    _show(axs[1, 1], 1 - ex['eln'].astype(np.float32), 'ELN error probability', cmap='magma', vmin=0, vmax=1)
+    kept_right = (keep & ~wrong & (lab != 255)).sum() / max((keep & (lab != 255)).sum(), 1)
+    _show(axs[1, 2], colorize(pseudo, pal), f'pseudo label after the ELN\n{100 * keep.mean():.0f}% kept, {100 * kept_right:.0f}% of them right')
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.05, hspace=0.22)
+    return fig
 
 # %% ../nbs/10_viz.ipynb #61680362
 class ErrorExplorer:
