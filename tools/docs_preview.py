@@ -375,7 +375,10 @@ def write_readme(proc: Path):
     from nbconvert import MarkdownExporter
     from nbdev.config import get_config
     cfg = get_config()
-    md, _ = MarkdownExporter().from_notebook_node(nbformat.read(proc / cfg.readme_nb, as_version=4))
+    md, res = MarkdownExporter().from_notebook_node(nbformat.read(proc / cfg.readme_nb, as_version=4),
+                                                    resources={'output_files_dir': 'README_files'})
+    for name, data in res.get('outputs', {}).items():          # figures of the index notebook, next to README.md
+        f = Path(cfg.config_path) / name; f.parent.mkdir(exist_ok=True); f.write_bytes(data)
     Path(cfg.config_path / 'README.md').write_text(_front_to_title(md), encoding='utf-8')
     print('wrote README.md')
 
