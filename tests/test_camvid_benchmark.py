@@ -66,3 +66,28 @@ def test_calibration_split_is_never_the_test_split(tmp_path, camvid):
     r = subprocess.run([sys.executable, str(SCRIPT), '--data-root', str(camvid), '--calib-split', 'test', '--out', str(tmp_path)],
                        capture_output=True, text=True, env=subprocess_env(), timeout=60)
     assert r.returncode != 0 and 'choose nothing on test' in r.stderr
+
+def test_filter_mode_scores_what_stage2_filters():
+    "The analysis's filter mode is the stage-2 filter: train-mode BatchNorm for teacher and ELN, then running stats restored."
+    from eln_nb.stage1 import ELNModels, MethodConfig
+    from eln_nb.stage2 import pseudo_labels
+    from eln_nb.losses import resize_to
+    mod = load_tool()
+    torch.manual_seed(0)
+    m = ELNModels(3, 'resnet18', eln_backbone='resnet18', pretrained=False, eln_pretrained=False, filter='eln')
+    x = torch.randn(4, 3, 32, 32)
+    m.train()
+    with torch.no_grad():                                           # a few training-mode passes: running stats != init
+        for _ in range(3): pseudo_labels(m, torch.randn(4, 3, 32, 32), MethodConfig())
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        z, e_f, e_e, z_ev = mod.teacher_and_eln(m, x)
+        for k, v in m.state_dict().items(): assert torch.equal(v, before[k]), k    # nothing moved
+        m.train()
+        z_t, _, keep = pseudo_labels(m, x, MethodConfig())          # what stage 2 computes on this batch
+    m.load_state_dict(before)
+    torch.testing.assert_close(z, resize_to(z_t.float(), (32, 32)))
+    with torch.no_grad():
+        m.train(); e = m.eln(x, z_t, dropout=False).float(); m.load_state_dict(before)
+    torch.testing.assert_close(e_f, resize_to(e, (32, 32))[:, 0].sigmoid())
+    assert not torch.allclose(e_f, e_e)                             # eval mode is another function
