@@ -331,7 +331,8 @@ def analyse(run, threads=1, limit=0, data_root=None, figure=None):
         img = next(iter(eval_loader(torch.utils.data.Subset(ds, [i]), 1, 0, _size(cfg.val_resize))))['image']
         np.savez_compressed(figure, image=(denormalize(img)[0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy(),
                             label=d['label'][i].numpy().astype(np.uint8), pred=d['pred'][i].numpy().astype(np.uint8),
-                            eln=d['eln_filter_bn'][i].half().numpy(), conf=d['conf'][i].half().numpy(), index=i,
+                            eln=d['eln_filter_bn'][i].half().numpy(), conf=d['conf'][i].half().numpy(),
+                            ent=d['ent'][i].half().numpy(), eln_threshold=eln_t, index=i,
                             palette=np.array(palette, dtype=np.uint8), classes=np.array(classes))
         res['example'] = {'index': i, 'disagreeing_pixels': int(((fe ^ fc) & d['valid'])[i].sum())}
     (Path(run)/'analysis.json').write_text(json.dumps(res, indent=1))
