@@ -158,7 +158,7 @@ def test_page_in_browser(browser, site, name, min_math, min_img):
     n_img, ok = _images_loaded(page)
     assert n_img >= min_img and ok == n_img, f'{ok} of {n_img} figures loaded'
     links = page.eval_on_selector_all('.sidebar-tree a.reference', 'as => as.map(a => [a.textContent.trim(), a.href])')
-    assert len(links) >= 15 and links[0][0] == 'Data' and links[-1][0].startswith('CamVid'), links
+    assert len(links) >= 15 and links[0][0] == 'Scenes and views' and links[-1][0].startswith('CamVid'), links
     for text, href in links: assert Path(unquote(urlsplit(href).path)).exists(), href
     if name == 'viz':  # the stored widget state, rendered by the vendored HTML manager
         page.wait_for_selector('.jupyter-widgets .widget-slider', timeout=30000)
