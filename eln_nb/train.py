@@ -128,6 +128,31 @@ class Trainer:
                                                             find_unused_parameters=True, broadcast_buffers=False)
         self.loaders = {}
 
+# %% ../nbs/09d_train.ipynb #3f76b2f6
+@patch
+def _run_stats(self:Trainer) -> dict:
+    "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
+    ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
+    if self._cur is not None:
+        name, t, n0, last = self._cur; b = self.prior['phases'].get(name, {})
+        n, secs = b.get('iters', 0) + self.it - n0, b.get('time_s', 0) + time.time() - t
+        ph[name] = {**b, **last, 'iters': n, 'time_s': round(secs, 1), 'it_per_s': round(n / max(secs, 1e-9), 3)}
+    return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
+            'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
+
+@patch
+def _trim_metrics(self:Trainer):
+    "Drop metrics.jsonl records after the current iteration (a resumed run redoes them) and remember the others."
+    f, self._seen, self._start_it = self.out/'metrics.jsonl', set(), self.it
+    if not f.is_file(): return
+    keep = [r for r in map(_json_or_none, f.read_text().splitlines()) if r is not None and r.get('iter', 0) <= self.it]
+    self._seen = {(r.get('kind'), r.get('iter')) for r in keep}
+    tmp = f.with_name(f.name + '.tmp'); tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep)); os.replace(tmp, f)
+
+def _json_or_none(line):
+    try: return json.loads(line)
+    except json.JSONDecodeError: return None                       # a line cut by a kill
+
 # %% ../nbs/09d_train.ipynb #69f59064
 @patch
 def _unused(self:Trainer, it=None) -> tuple:
@@ -382,31 +407,6 @@ def finish(self:Trainer) -> dict:
         if self._writer() is not None: self._writer().flush()
         self.log(summary_table(rep))
     return rep
-
-# %% ../nbs/09d_train.ipynb #3f76b2f6
-@patch
-def _run_stats(self:Trainer) -> dict:
-    "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
-    ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
-    if self._cur is not None:
-        name, t, n0, last = self._cur; b = self.prior['phases'].get(name, {})
-        n, secs = b.get('iters', 0) + self.it - n0, b.get('time_s', 0) + time.time() - t
-        ph[name] = {**b, **last, 'iters': n, 'time_s': round(secs, 1), 'it_per_s': round(n / max(secs, 1e-9), 3)}
-    return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
-            'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
-
-@patch
-def _trim_metrics(self:Trainer):
-    "Drop metrics.jsonl records after the current iteration (a resumed run redoes them) and remember the others."
-    f, self._seen, self._start_it = self.out/'metrics.jsonl', set(), self.it
-    if not f.is_file(): return
-    keep = [r for r in map(_json_or_none, f.read_text().splitlines()) if r is not None and r.get('iter', 0) <= self.it]
-    self._seen = {(r.get('kind'), r.get('iter')) for r in keep}
-    tmp = f.with_name(f.name + '.tmp'); tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep)); os.replace(tmp, f)
-
-def _json_or_none(line):
-    try: return json.loads(line)
-    except json.JSONDecodeError: return None                       # a line cut by a kill
 
 # %% ../nbs/09d_train.ipynb #28e38e81
 def summary_table(rep:dict) -> str:
