@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from fastcore.basics import patch
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ class SegDataset(Dataset):
         return {'image': tv_tensors.Image(img), 'label': None if lab is None else tv_tensors.Mask(lab), 'name': self.names[i]}
 
 # %% ../nbs/00a_datasets.ipynb #4c5df73e
-def _subset(self:SegDataset, names) -> SegDataset:
+@patch
+def subset(self:SegDataset, names) -> SegDataset:
     "The same dataset restricted to `names` (in that order); unknown names or an empty list raise `DatasetError`."
     names = list(names)
     if not names: raise DatasetError(f"{self.where}: empty split (no names given to subset)")
@@ -129,7 +131,6 @@ def _subset(self:SegDataset, names) -> SegDataset:
     new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
     new.images = [self.images[pos[n]] for n in names]; new.labels = [self.labels[pos[n]] for n in names]; new.names = names
     return new
-SegDataset.subset = _subset
 
 # %% ../nbs/00a_datasets.ipynb #17507616
 def read_list(path, allow_empty=False) -> list:
