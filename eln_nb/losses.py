@@ -69,9 +69,9 @@ def pseudo_label_loss(student_logits:torch.Tensor, # [B,C,h',w'] student logits 
 def _window_contrast(t, s, y, k, C, tau):
     "Mean over present classes of l_c in one window: t,s [V,D] normalised, y [V] class ids, k [V] kept (0/1 float)."
     Y = F.one_hot(y, C).to(t.dtype) * k[:, None]                       # [V,C] kept one-hot
-    E = torch.exp((t / tau) @ s.T)                                     # [V,V] anchors (rows) x positives/negatives (cols); /tau on [V,D], not [V,V]
-    EY = E @ torch.cat([Y, k[:, None] - Y], 1)                         # [V,2C]: sums over A_c and over V \ A_c
-    P, N = (Y * EY[:, :C]).sum(0), (Y * EY[:, C:]).sum(0)              # [C], [C]
+    G = torch.exp((t / tau) @ s.T)                                     # [V,V] anchors (rows) x positives/negatives (cols); /tau on [V,D], not [V,V]
+    GY = G @ torch.cat([Y, k[:, None] - Y], 1)                         # [V,2C]: sums over A_c and over V \ A_c
+    P, N = (Y * GY[:, :C]).sum(0), (Y * GY[:, C:]).sum(0)              # [C], [C]
     n = Y.sum(0)                                                       # [C] |A_c|
     P, N = P.clamp(min=1e-8), N.clamp(min=1e-8)
     l = -torch.log(P / (P + N)) / n.clamp(min=1)
