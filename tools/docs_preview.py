@@ -375,8 +375,13 @@ def write_readme(proc: Path):
     from nbconvert import MarkdownExporter
     from nbdev.config import get_config
     cfg = get_config()
-    md, res = MarkdownExporter().from_notebook_node(nbformat.read(proc / cfg.readme_nb, as_version=4),
-                                                    resources={'output_files_dir': 'README_files'})
+    from traitlets.config import Config
+    nb = nbformat.read(proc / cfg.readme_nb, as_version=4)
+    for c in nb.cells:                                          # `#| echo: false`: the output without its code, as Quarto does
+        if c.cell_type == 'code' and re.search(r'^#\|\s*echo:\s*false', c.source, re.M):
+            c.metadata.setdefault('tags', []).append('remove-input')
+    conf = Config({'TagRemovePreprocessor': {'enabled': True, 'remove_input_tags': {'remove-input'}}})
+    md, res = MarkdownExporter(config=conf).from_notebook_node(nb, resources={'output_files_dir': 'README_files'})
     for name, data in res.get('outputs', {}).items():          # figures of the index notebook, next to README.md
         f = Path(cfg.config_path) / name; f.parent.mkdir(exist_ok=True); f.write_bytes(data)
     Path(cfg.config_path / 'README.md').write_text(_front_to_title(md), encoding='utf-8')
