@@ -30,8 +30,8 @@ BRANCHES = ('supervised', 'none', 'threshold', 'eln', 'eln_cal', 'ecn')
 FILTER = {'eln_cal': 'eln'}
 PAIRS = [('eln', 'threshold'), ('eln', 'none'), ('eln', 'supervised'), ('eln_cal', 'eln'), ('eln_cal', 'threshold'),
          ('threshold', 'none'), ('threshold', 'supervised'), ('none', 'supervised'), ('ecn', 'eln'), ('ecn', 'supervised')]                         # branch name -> eln_nb_train --filter
-COST = {'stage1': 10, 'ecn': 9, 'eln': 6, 'eln_cal': 6, 'threshold': 4, 'none': 4, 'supervised': 1, 'calibrate': 0.5,
-        'analyse': 0.5}                               # rough relative cost: start the longest ready job first
+COST = {'stage1': 10, 'calibrate': 9.5, 'ecn': 9, 'eln': 6, 'eln_cal': 6, 'threshold': 4, 'none': 4, 'supervised': 1,
+        'analyse': 0.5}   # start the longest ready job first; calibrate (half a minute) early, since a long eln_cal waits on it
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'/'camvid'
 
 
