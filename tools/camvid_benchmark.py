@@ -132,7 +132,7 @@ def log(msg): print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True
 
 
 def _call(cmd, logfile, a):
-    (logfile.parent/'command.txt').write_text(' '.join(map(str, cmd)) + '\n') if logfile.name == 'train.log' else None
+    "Run `cmd` with its output appended to `logfile` -> exit status."
     with open(logfile, 'a') as f: return subprocess.call(list(map(str, cmd)), stdout=f, stderr=subprocess.STDOUT, env=env(a))
 
 
@@ -144,7 +144,9 @@ def run_job(a, name, kind, seed, branch):
         if (out/'report.json').is_file(): return None
         out.mkdir(parents=True, exist_ok=True)
         log(f"train {out.name}")
-        rc = _call([sys.executable, '-m', 'eln_nb.cli', *train_args(a, branch, seed, out)], out/'train.log', a)
+        cmd = [sys.executable, '-m', 'eln_nb.cli', *train_args(a, branch, seed, out)]
+        (out/'command.txt').write_text(' '.join(map(str, cmd)) + '\n')
+        rc = _call(cmd, out/'train.log', a)
         if rc or not (out/'report.json').is_file(): return f"{out.name}: training exited {rc}; see {out/'train.log'}"
         drop = ('best.pt', 'last.prev.pt') + (('last.pt',) if branch not in ('stage1', 'eln', 'eln_cal') and not a.keep_checkpoints else ())
         for n in drop: (out/n).unlink(missing_ok=True)         # eln branches keep last.pt until they are scored
@@ -235,7 +237,7 @@ def teacher_and_eln(m, x, net='teacher'):
 
 
 def _collect(run, split, limit, data_root, threads, net='teacher'):
-    "Run a checkpoint's network and ELN over a split -> dict of flat tensors over the labelled pixels, and the images."
+    "Run a checkpoint's network and ELN over a split -> (per-pixel tensors, models, config, dataset, DatasetInfo)."
     import torch
     from torch.utils.data import Subset
     from eln_nb.train import load_checkpoint_models, build_data, _size, _dataset
@@ -260,14 +262,14 @@ def _collect(run, split, limit, data_root, threads, net='teacher'):
                          ('ent_eval', entropy_map(z_ev) / math.log(C))):
                 out[k].append(v)
     full = {k: torch.cat(v) for k, v in out.items()}
-    return full, m, cfg, ds
+    return full, m, cfg, ds, info
 
 
 def calibrate(run, threads=1, data_root=None, split='val', target=0.9):
     "The lowest ELN keep threshold t whose kept pixels (keep prob > t, filter-mode BN) are `target` accurate on `split`."
     import torch
     t0 = time.time()
-    d, m, cfg, ds = _collect(run, split, 0, data_root, threads, net='student')   # stage 1's end: the teacher starts as the student
+    d, m, cfg, ds, _ = _collect(run, split, 0, data_root, threads, net='student')   # stage 1's end: the teacher starts as the student
     v = d['valid']
     p, right = d['eln_filter_bn'][v].double(), ~d['wrong'][v]
     order = torch.argsort(p, descending=True)
@@ -298,9 +300,8 @@ def analyse(run, threads=1, limit=0, data_root=None, figure=None):
     import numpy as np, torch
     t0 = time.time()
     from eln_nb.train import _size
-    d, m, cfg, ds = _collect(run, 'unlabelled', limit, data_root, threads)
-    ck = torch.load(Path(run)/'last.pt', map_location='cpu', weights_only=True)
-    palette, classes = ck['palette'], ck['classes']; del ck
+    d, m, cfg, ds, info = _collect(run, 'unlabelled', limit, data_root, threads)
+    palette, classes = info.palette, info.classes
     v = d['valid']; wrong = d['wrong'][v]; er = float(wrong.double().mean())
     S = _scorers(d, v)
     conf_t, eln_t = cfg.conf_threshold, cfg.eln_threshold
