@@ -19,6 +19,7 @@ from .data import SyntheticScenes, LabelledView, UnlabelledViews, make_loader
 from .stage1 import (ELNModels, MethodConfig, phase1a_step, phase1b_step, labelled_terms, make_optimizer,
                            fill_zero_grads)
 from .stage2 import semi_step, unlabelled_terms, ema_update, start_teacher
+from .build import compile_networks
 from .train import cpu_has_bf16, bf16_warning, peak_memory_mb, _to
 from .cli import field_help
 
@@ -57,6 +58,7 @@ class BenchConfig:
     peak_tflops: float = 0.0       # the device's peak TFLOP/s, for model FLOP utilisation (0: not reported)
     isolate: str = 'auto'          # on: each phase in a fresh subprocess (per-phase RSS peaks); auto: on for the CPU
     seed: int = 0
+    compile: bool = False          # torch.compile (inductor) the networks; the warm-up iterations then include compiling
     calibrate: bool = True         # time the ResNet-50 reference too (CPU), to read anchor ratios against machine drift
 
 # %% ../nbs/12_bench.ipynb #6180e069
@@ -123,6 +125,7 @@ class Bench:
         self.m = ELNModels(cfg.num_classes, cfg.backbone, eln_backbone=cfg.eln_backbone, pretrained=False, eln_pretrained=False)
         self.m.to(self.device)
         if cfg.channels_last: self.m.to(memory_format=torch.channels_last)
+        if cfg.compile: compile_networks(self.m)
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(cfg.seed)
@@ -230,8 +233,9 @@ def measure_phase(b:Bench, phase:str) -> dict:
     "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
     cfg = b.cfg
     if b.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(b.device)
-    ts = [iteration(b, phase) for _ in range(max(cfg.warmup, 1))][cfg.warmup:]   # one timed iteration if warmup == 0
-    r = {'peak_memory_mb': peak_memory_mb(b.device)}
+    warm = [iteration(b, phase) for _ in range(max(cfg.warmup, 1))]
+    ts = warm[cfg.warmup:]                                       # one timed iteration if warmup == 0
+    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:cfg.warmup]}
     lab, unl = next(b.lab), next(b.unl)
     fl = [floor_iteration(b, phase, lab, unl) for _ in range(cfg.warmup)] if cfg.floor else []
     fl = fl[cfg.warmup:]

@@ -118,9 +118,7 @@ class Trainer:
         self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
         self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
         self.resumed_from = self._resume(resume)
-        if cfg.compile:                  # every module the steps call directly (stage 1 calls encode and decode on their own)
-            for mod in (self.m.student.encoder, self.m.student.decoder, self.m.teacher.encoder, self.m.teacher.decoder,
-                        *(self.m.aux or []), *([self.m.eln] if self.m.eln is not None else [])): mod.compile()
+        if cfg.compile: compile_networks(self.m)
         self.step_mod = StepModule(self.m, method_config(cfg), self.gen)
         self.step = self.step_mod
         if self.ws > 1:
