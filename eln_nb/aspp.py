@@ -14,14 +14,17 @@ __all__ = ['conv_bn_relu', 'init_kaiming', 'aspp_rates', 'ASPP']
 # %% ../nbs/02_aspp.ipynb #10092bf6
 def conv_bn_relu(cin, cout, k=1, dilation=1):
     "k x k conv (bias-free, 'same' padding at `dilation`; `AtrousConv2d` when dilated) -> BN -> ReLU"
-    return nn.Sequential((AtrousConv2d if dilation > 1 else nn.Conv2d)(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+    return nn.Sequential((AtrousConv2d if dilation > 1 else nn.Conv2d)(cin, cout, k, padding=dilation * (k // 2),
+                                                                       dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 def init_kaiming(module):
     "Official init of ASPP/decoder: kaiming_normal conv weights, BN weight 1 / bias 0"
     for m in module.modules():
         if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
     return module
 
 def aspp_rates(output_stride=16, base=(6, 12, 18)):
@@ -35,7 +38,8 @@ class ASPP(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList([conv_bn_relu(in_channels, out_channels)] +
                                       [conv_bn_relu(in_channels, out_channels, 3, r) for r in rates])
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.ReLU(inplace=True))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                                  nn.ReLU(inplace=True))
         self.project = conv_bn_relu(out_channels * (len(rates) + 2), out_channels)
         self.dropout = Dropout(dropout)
         init_kaiming(self)

@@ -54,8 +54,10 @@ def _make_layer(block, inplanes, planes, stride, dilations, norm_layer=nn.BatchN
     return nn.Sequential(*blocks)
 
 # %% ../nbs/01_backbones.ipynb #1cefcc8b
-TORCHVISION_FILES = {18: ('resnet18-f37072fd.pth', 'resnet18-5c106cde.pth'), 34: ('resnet34-b627a593.pth', 'resnet34-333f7ec4.pth'),
-                     50: ('resnet50-0676ba61.pth', 'resnet50-19c8e357.pth'), 101: ('resnet101-63fe2227.pth', 'resnet101-5d3b4d8f.pth')}
+TORCHVISION_FILES = {18: ('resnet18-f37072fd.pth', 'resnet18-5c106cde.pth'),
+                     34: ('resnet34-b627a593.pth', 'resnet34-333f7ec4.pth'),
+                     50: ('resnet50-0676ba61.pth', 'resnet50-19c8e357.pth'),
+                     101: ('resnet101-63fe2227.pth', 'resnet101-5d3b4d8f.pth')}
 
 class PretrainedWeightsError(FileNotFoundError):
     "ImageNet weights that were asked for cannot be had; the message names the file and how to fetch it."
@@ -106,7 +108,8 @@ def find_weights(depth, pretrained=None):
     found = cached_imagenet(depth)
     if found is None and not _warned:
         _warned.append(depth)
-        warnings.warn(f'No ImageNet weights for ResNet-{depth} in the torch hub cache: the backbone starts from RANDOM init. '
+        warnings.warn(f'No ImageNet weights for ResNet-{depth} in the torch hub cache: the backbone starts from RANDOM '
+                      f'init. '
                       f'Fetch them with: {fetch_command(depth)}', stacklevel=3)
     return found
 
@@ -123,12 +126,14 @@ def widen_first_conv(conv, in_channels, copy_rgb=False):
     "A fresh `in_channels` copy of `conv`; `copy_rgb` copies its 3 RGB filters and zeroes the extra channels"
     new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
     if copy_rgb:
-        with torch.no_grad(): new.weight.zero_(); new.weight[:, :3] = conv.weight
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, :3] = conv.weight
     return new
 
 # %% ../nbs/01_backbones.ipynb #b80f17c9
 class ResNetEncoder(nn.Module):
-    "torchvision ResNet trunk: x [B,in_channels,H,W] -> (high [B,high_channels,H/os,W/os], low [B,low_channels,H/4,W/4])"
+    "ResNet trunk: x [B,in_channels,H,W] -> (high [B,high_channels,H/os,W/os], low [B,low_channels,H/4,W/4])"
     def __init__(self, depth=50, output_stride=16, multi_grid=True, in_channels=3, pretrained=None,
                  copy_rgb=False, # Deviation: copy RGB filters into a widened conv1 (official: fresh init)
                  dilate=True):   # False: the official ELN's BasicBlock quirk (stride removed, no dilation)
@@ -140,7 +145,8 @@ class ResNetEncoder(nn.Module):
             setattr(self, f'layer{i+1}', _make_layer(block, inplanes, 64 * 2**i, stride, dils))
             inplanes = 64 * 2**i * block.expansion
         self.low_channels, self.high_channels, self.output_stride = 64 * block.expansion, inplanes, output_stride
-        self.reset_parameters(); self.weights = find_weights(depth, pretrained)
+        self.reset_parameters()
+        self.weights = find_weights(depth, pretrained)
         if self.weights is not None: load_imagenet(self, self.weights)
         if in_channels != 3: self.conv1 = widen_first_conv(self.conv1, in_channels, copy_rgb)
 
@@ -148,7 +154,9 @@ class ResNetEncoder(nn.Module):
         "torchvision's ResNet init: kaiming_normal (fan_out) convs, BN weight 1 / bias 0"
         for m in self.modules():
             if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))

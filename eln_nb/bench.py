@@ -39,18 +39,21 @@ PHASES = ('1a', '1b', '2')
 class BenchConfig:
     "Options of one benchmark run (the defaults are the anchor's preset)."
     iters: int = 5                 # timed iterations per phase
-    warmup: int = 2                # untimed iterations before them (also for the floor); from the 2nd on, AdamW's state exists
+    # untimed iterations before them (also for the floor); from the 2nd on, AdamW's state exists
+    warmup: int = 2
     size: int = 321                # crop side
     batch: int = 2                 # labelled images per iteration (and as many unlabelled ones in phase 2)
     backbone: str = 'resnet50'     # student (and teacher, auxiliary decoders' encoder features)
     eln_backbone: str = 'resnet34'
     num_classes: int = 21
-    amp: str = 'off'               # off, bf16 or fp16 (fp16 with a GradScaler); bf16 pays only on CPUs with AMX/AVX512-BF16
+    # off, bf16 or fp16 (fp16 with a GradScaler); bf16 pays only on CPUs with AMX/AVX512-BF16
+    amp: str = 'off'
     channels_last: bool = False
     threads: int = 2               # torch intra-op threads (the anchor used 2)
     device: str = 'cpu'            # cpu, cuda, cuda:N or auto
     phases: tuple = PHASES
-    data: str = 'loader'           # loader: make_loader on SyntheticScenes (real data wait); synthetic-tensors: fixed tensors
+    # loader: make_loader on SyntheticScenes (real data wait); synthetic-tensors: fixed tensors
+    data: str = 'loader'
     workers: int = 0               # DataLoader workers for --data loader
     breakdown_iters: int = 2       # instrumented semi-supervised iterations (0: no breakdown)
     floor: bool = True             # measure the compute floor
@@ -58,7 +61,8 @@ class BenchConfig:
     peak_tflops: float = 0.0       # the device's peak TFLOP/s, for model FLOP utilisation (0: not reported)
     isolate: str = 'auto'          # on: each phase in a fresh subprocess (per-phase RSS peaks); auto: on for the CPU
     seed: int = 0
-    compile: bool = False          # torch.compile (inductor) the networks; the warm-up iterations then include compiling
+    # torch.compile (inductor) the networks; the warm-up iterations then include compiling
+    compile: bool = False
     calibrate: bool = True         # time the ResNet-50 reference too (CPU), to read anchor ratios against machine drift
 
 # %% ../nbs/12_bench.ipynb #6180e069
@@ -76,18 +80,21 @@ def machine_info() -> dict:
 def reference_time(threads:int=2, iters:int=3) -> float:
     "Median seconds of torchvision ResNet-50 forward+backward at 321x321, batch 4, fp32, random init, on the CPU."
     import torchvision
-    old = torch.get_num_threads(); torch.set_num_threads(threads)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
         m, x = torchvision.models.resnet50(), torch.randn(4, 3, 321, 321)
         ts = []
         for _ in range(iters + 1):
-            t0 = time.perf_counter(); m(x).sum().backward(); ts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            m(x).sum().backward()
+            ts.append(time.perf_counter() - t0)
         return statistics.median(ts[1:])
     finally: torch.set_num_threads(old)
 
 def run_python(code:str, threads:int=0, what='a child process') -> str:
-    "Run `code` in a fresh Python (OMP_NUM_THREADS=`threads` if set) -> the last line it printed; its stderr on failure."
+    "Run `code` in a fresh Python (OMP_NUM_THREADS=`threads` if set) -> its last printed line; its stderr on failure."
     env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
     if r.returncode: raise RuntimeError(f"{what} failed:\n{r.stderr[-3000:]}")
@@ -95,7 +102,8 @@ def run_python(code:str, threads:int=0, what='a child process') -> str:
 
 def reference_time_isolated(threads:int=2) -> float:
     "`reference_time` in a fresh subprocess, so the parent (whose peak RSS the phase subprocesses inherit) stays small."
-    return float(run_python(f'from eln_nb.bench import reference_time; print(reference_time({threads}))', threads, 'the ResNet-50 reference'))
+    return float(run_python(f'from eln_nb.bench import reference_time; print(reference_time({threads}))', threads,
+                            'the ResNet-50 reference'))
 
 # %% ../nbs/12_bench.ipynb #409cfef3
 def batch_sources(cfg:BenchConfig, device) -> tuple:
@@ -103,7 +111,8 @@ def batch_sources(cfg:BenchConfig, device) -> tuple:
     B, S, C, cl = cfg.batch, cfg.size, cfg.num_classes, cfg.channels_last
     if cfg.data == 'synthetic-tensors':
         g = torch.Generator().manual_seed(cfg.seed)
-        lab = _to({'image': torch.randn(B, 3, S, S, generator=g), 'label': torch.randint(0, C, (B, S, S), generator=g)}, device, cl)
+        lab = _to({'image': torch.randn(B, 3, S, S, generator=g), 'label': torch.randint(0, C, (B, S, S), generator=g)},
+                  device, cl)
         unl = _to({'weak': torch.randn(B, 3, S, S, generator=g), 'strong': torch.randn(B, 3, S, S, generator=g),
                    'label': torch.full((B, S, S), 255)}, device, cl)
         return itertools.repeat(lab), itertools.repeat(unl)
@@ -118,11 +127,13 @@ class Bench:
     def __init__(self, cfg:BenchConfig):
         self.cfg = cfg
         if cfg.threads: torch.set_num_threads(cfg.threads)
-        self.device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device)
+        self.device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto'
+                                   else cfg.device)
         if cfg.amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={cfg.amp!r}; choose off, bf16 or fp16")
         self.amp = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[cfg.amp]
         torch.manual_seed(cfg.seed)
-        self.m = ELNModels(cfg.num_classes, cfg.backbone, eln_backbone=cfg.eln_backbone, pretrained=False, eln_pretrained=False)
+        self.m = ELNModels(cfg.num_classes, cfg.backbone, eln_backbone=cfg.eln_backbone, pretrained=False,
+                           eln_pretrained=False)
         self.m.to(self.device)
         if cfg.channels_last: self.m.to(memory_format=torch.channels_last)
         if cfg.compile: compile_networks(self.m)
@@ -132,7 +143,8 @@ class Bench:
         self.lab, self.unl = batch_sources(cfg, self.device)
         self.teacher_started, self.aux_on = False, None
 
-    def autocast(self): return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
     def sync(self):
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
 
@@ -145,15 +157,23 @@ def step_loss(b:Bench, phase:str, lab:dict, unl:dict=None):
 
 def iteration(b:Bench, phase:str) -> float:
     "One training iteration of `phase` (batches, step under autocast, backward, optimizer, EMA) -> seconds."
-    if phase == '2' and not b.teacher_started: start_teacher(b.m); b.teacher_started = True
-    b.sync(); t0 = time.perf_counter()
-    lab = next(b.lab); unl = next(b.unl) if phase == '2' else None
+    if phase == '2' and not b.teacher_started:
+        start_teacher(b.m)
+        b.teacher_started = True
+    b.sync()
+    t0 = time.perf_counter()
+    lab = next(b.lab)
+    unl = next(b.unl) if phase == '2' else None
     with b.autocast(): loss, logs = step_loss(b, phase, lab, unl)
     b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
-    b.scaler.scale(loss).backward(); fill_zero_grads(b.opt); b.scaler.step(b.opt); b.scaler.update()
+    b.scaler.scale(loss).backward()
+    fill_zero_grads(b.opt)
+    b.scaler.step(b.opt)
+    b.scaler.update()
     if phase == '2': ema_update(b.m.teacher, b.m.student)
-    b.sync(); return time.perf_counter() - t0
+    b.sync()
+    return time.perf_counter() - t0
 
 # %% ../nbs/12_bench.ipynb #90603350
 def _osum(*ts): return sum(t.float().sum() for t in ts)
@@ -178,10 +198,12 @@ def floor_loss(m:ELNModels, phase:str, lab:dict, unl:dict=None, aux_on=None) -> 
 def floor_iteration(b:Bench, phase:str, lab=None, unl=None) -> float:
     "Forward and backward of `floor_loss` on fixed batches -> seconds."
     b.opt.zero_grad(set_to_none=True)
-    b.sync(); t0 = time.perf_counter()
+    b.sync()
+    t0 = time.perf_counter()
     with b.autocast(): loss = floor_loss(b.m, phase, lab, unl, b.aux_on)
     b.scaler.scale(loss).backward()
-    b.sync(); return time.perf_counter() - t0
+    b.sync()
+    return time.perf_counter() - t0
 
 # %% ../nbs/12_bench.ipynb #932407f1
 class Timer:
@@ -189,19 +211,27 @@ class Timer:
     def __init__(self, sync=lambda: None): self.sync, self.t = sync, {}
     @contextmanager
     def __call__(self, name):
-        self.sync(); t0 = time.perf_counter()
+        self.sync()
+        t0 = time.perf_counter()
         try: yield
-        finally: self.sync(); self.t[name] = self.t.get(name, 0.) + time.perf_counter() - t0
+        finally:
+            self.sync()
+            self.t[name] = self.t.get(name, 0.) + time.perf_counter() - t0
 
 BREAKDOWN = ('data', 'teacher_fwd', 'student_fwd_bwd', 'aux', 'eln', 'contrastive', 'optimizer', 'ema', 'other')
 
 # %% ../nbs/12_bench.ipynb #c699c27c
 def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
-    if not b.teacher_started: start_teacher(b.m); b.teacher_started = True
+    if not b.teacher_started:
+        start_teacher(b.m)
+        b.teacher_started = True
     T, c, S = Timer(b.sync), b.mcfg, b.scaler.scale
-    b.sync(); t0 = time.perf_counter()
-    with T('data'): lab = next(b.lab); unl = next(b.unl)
+    b.sync()
+    t0 = time.perf_counter()
+    with T('data'):
+        lab = next(b.lab)
+        unl = next(b.unl)
     with b.autocast():
         lt, _ = labelled_terms(b.m, lab, c, T)
         ut, fs, _ = unlabelled_terms(b.m, unl, c, b.gen, T)
@@ -211,9 +241,13 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
         if lt['aux'].requires_grad: S(lt['aux']).backward()
     with T('eln'): S(lt['eln']).backward()
     with T('student_fwd_bwd'): torch.autograd.backward([S(lt['sup'] + c.lambda_st * ut['st']), *fs], [None, *g])
-    with T('optimizer'): fill_zero_grads(b.opt); b.scaler.step(b.opt); b.scaler.update()
+    with T('optimizer'):
+        fill_zero_grads(b.opt)
+        b.scaler.step(b.opt)
+        b.scaler.update()
     with T('ema'): ema_update(b.m.teacher, b.m.student)
-    b.sync(); total = time.perf_counter() - t0
+    b.sync()
+    total = time.perf_counter() - t0
     out = {k: T.t.get(k, 0.) for k in BREAKDOWN}
     out['other'] += total - sum(out.values())
     out['total'] = total
@@ -248,7 +282,9 @@ def measure_phase(b:Bench, phase:str) -> dict:
     if cfg.floor:
         r.update({'floor_median_s': statistics.median(fl), 'floor_min_s': min(fl), 'floor_times_s': fl})
         r['floor_ratio'] = r['median_s'] / r['floor_median_s']
-    if cfg.flops: r['gflop'] = count_flops(b, phase) / 1e9; r['tflop_per_s'] = r['gflop'] / 1e3 / r['median_s']
+    if cfg.flops:
+        r['gflop'] = count_flops(b, phase) / 1e9
+        r['tflop_per_s'] = r['gflop'] / 1e3 / r['median_s']
     return r
 
 # %% ../nbs/12_bench.ipynb #41968dbe
@@ -259,11 +295,13 @@ def measure_breakdown(b:Bench, n:int) -> dict:
 
 def run_phases(cfg:BenchConfig) -> dict:
     "Measure `cfg.phases` (and the breakdown) in this process -> {'phases': {...}, 'breakdown': {...} or None}."
-    base = peak_memory_mb(torch.device('cpu'))                  # in a fresh process: Python, torch and the package alone
+    # in a fresh process: Python, torch and the package alone
+    base = peak_memory_mb(torch.device('cpu'))
     b = Bench(cfg)
     out = {'phases': {}, 'breakdown': None, 'isolated': False, 'base_rss_mb': base}
     for ph in cfg.phases:
-        out['phases'][ph] = measure_phase(b, ph); gc.collect()
+        out['phases'][ph] = measure_phase(b, ph)
+        gc.collect()
         if ph == '2' and cfg.breakdown_iters: out['breakdown'] = measure_breakdown(b, cfg.breakdown_iters)
     out['threads'] = torch.get_num_threads()
     return out
@@ -284,9 +322,10 @@ def run_isolated(cfg:BenchConfig) -> dict:
     out = {'phases': {}, 'breakdown': None, 'isolated': True}
     for ph in cfg.phases:
         argv = config_args(cfg) + ['--phases', ph, '--isolate', 'off', '--json']
-        child = json.loads(run_python(f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))',
-                                      cfg.threads, f'phase {ph} in its subprocess'))
-        out['phases'][ph] = child['phases'][ph]; out['threads'], out['base_rss_mb'] = child['threads'], child['base_rss_mb']
+        code = f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))'
+        child = json.loads(run_python(code, cfg.threads, f'phase {ph} in its subprocess'))
+        out['phases'][ph] = child['phases'][ph]
+        out['threads'], out['base_rss_mb'] = child['threads'], child['base_rss_mb']
         if ph == '2': out['breakdown'] = child['breakdown']
     return out
 
@@ -294,7 +333,8 @@ def run_isolated(cfg:BenchConfig) -> dict:
 def is_anchor_preset(cfg:BenchConfig, device:str='cpu') -> bool:
     "True when `cfg` is the anchor's network/size/batch/threads/device preset (precision and layout may differ)."
     p = ANCHOR['preset']
-    return all(getattr(cfg, k) == p[k] for k in ('backbone', 'eln_backbone', 'size', 'batch', 'num_classes', 'threads')) and device == 'cpu'
+    return all(getattr(cfg, k) == p[k]
+               for k in ('backbone', 'eln_backbone', 'size', 'batch', 'num_classes', 'threads')) and device == 'cpu'
 
 def summarize(cfg:BenchConfig, res:dict, info:dict) -> dict:
     "Measurements + machine info -> the JSON report."
@@ -326,18 +366,20 @@ def _f(v, fmt='.3f'): return '-' if v is None else format(v, fmt)
 def format_table(rep:dict) -> str:
     "The human-readable report."
     c = rep['config']
-    L = [f"eln_nb_bench: {c['backbone']} + ELN {c['eln_backbone']}, {c['size']}x{c['size']}, {c['batch']}+{c['batch']} images, "
-         f"{c['num_classes']} classes, {rep['device']}, amp {c['amp']}, channels_last {'on' if c['channels_last'] else 'off'}, "
-         f"{rep['threads']} threads, data {c['data']}",
-         f"torch {rep['torch']}, {rep['cpu_model']} (AMX bf16: {'yes' if rep['amx'] else 'no'}), load average "
-         f"{rep['loadavg_start'][0]:.2f} at start, {rep['loadavg'][0]:.2f} at end; {c['iters']} iterations after {c['warmup']} warm-up", '',
+    cl, amx = 'on' if c['channels_last'] else 'off', 'yes' if rep['amx'] else 'no'
+    L = [f"eln_nb_bench: {c['backbone']} + ELN {c['eln_backbone']}, {c['size']}x{c['size']}, "
+         f"{c['batch']}+{c['batch']} images, {c['num_classes']} classes, {rep['device']}, amp {c['amp']}, "
+         f"channels_last {cl}, {rep['threads']} threads, data {c['data']}",
+         f"torch {rep['torch']}, {rep['cpu_model']} (AMX bf16: {amx}), load average {rep['loadavg_start'][0]:.2f} "
+         f"at start, {rep['loadavg'][0]:.2f} at end; {c['iters']} iterations after {c['warmup']} warm-up", '',
          f"{'phase':6}{'median s':>10}{'min s':>9}{'img/s':>8}{'floor s':>9}{'ratio':>7}{'peak MiB':>10}{'GFLOP':>8}"]
     for p, r in rep['phases'].items():
         L.append(f"{p:6}{r['median_s']:10.3f}{r['min_s']:9.3f}{r['images_per_s']:8.2f}{_f(r.get('floor_median_s')):>9}"
                  f"{_f(r.get('floor_ratio'), '.2f'):>7}{r['peak_memory_mb']:10.0f}{_f(r.get('gflop'), '.0f'):>8}")
+    peaks = 'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'
     L.append(f"floor ratio = iteration / bare forward+backward of the same modules (target <= 1.15); peak memory "
-             f"{'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'}, "
-             f"(the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its networks)")
+             f"{peaks}, (the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its "
+             "networks)")
     return '\n'.join(L + _breakdown_lines(rep) + _anchor_lines(rep))
 
 # %% ../nbs/12_bench.ipynb #73ac9a0c
@@ -351,16 +393,19 @@ def _breakdown_lines(rep:dict) -> list:
     return L
 
 def _anchor_lines(rep:dict) -> list:
-    if rep['anchor_ratio'] is None: return ['', 'anchor: not comparable (the anchor was measured at ResNet-50/34, 321x321, 2+2, 21 classes, CPU)']
+    if rep['anchor_ratio'] is None:
+        return ['', 'anchor: not comparable (the anchor was measured at ResNet-50/34, 321x321, 2+2, 21 classes, CPU)']
     A, mr, adj = ANCHOR, rep['anchor_memory_ratio'], rep.get('anchor_ratio_adjusted')
     L = ['', 'against the anchor: ' + A['note'] + '; machines drift by up to 1.7x, so these ratios are indicative',
-         f"{'phase':6}{'anchor med s':>13}{'ratio':>7}{'adj.':>7}{'anchor min s':>13}{'ratio':>7}{'anchor GiB':>11}{'ratio':>7}"]
+         f"{'phase':6}{'anchor med s':>13}{'ratio':>7}{'adj.':>7}{'anchor min s':>13}{'ratio':>7}"
+         f"{'anchor GiB':>11}{'ratio':>7}"]
     for p in rep['phases']:
-        L.append(f"{p:6}{A['median_s'][p]:13.2f}{rep['anchor_ratio'][p]:7.2f}{_f(adj and adj[p], '.2f'):>7}{A['min_s'][p]:13.2f}"
-                 f"{rep['anchor_min_ratio'][p]:7.2f}{A['peak_rss_gib'][p]:11.1f}{_f(mr and mr[p], '.2f'):>7}")
+        L.append(f"{p:6}{A['median_s'][p]:13.2f}{rep['anchor_ratio'][p]:7.2f}{_f(adj and adj[p], '.2f'):>7}"
+                 f"{A['min_s'][p]:13.2f}{rep['anchor_min_ratio'][p]:7.2f}{A['peak_rss_gib'][p]:11.1f}"
+                 f"{_f(mr and mr[p], '.2f'):>7}")
     if rep.get('machine_factor'):
-        L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal {A['reference_s']:.1f} s "
-                 f"(factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
+        L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal "
+                 f"{A['reference_s']:.1f} s (factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
     c, t = rep['config'], None
     t = TARGETS['bf16'] if c['amp'] == 'bf16' and c['channels_last'] else TARGETS['off'] if c['amp'] == 'off' else None
     if t:
@@ -369,19 +414,23 @@ def _anchor_lines(rep:dict) -> list:
                  + (f" (adjusted for the machine's speed: {v(adj)})" if adj else ''))
     return L
 
-
 # %% ../nbs/12_bench.ipynb #731c3a8b
 _BENCH_ABOUT = """Times one training iteration of each ELN phase (1a supervised; 1b auxiliary decoders + ELN; 2
-semi-supervised) with the training code itself, the compute floor of the same modules on the same batch, the peak memory,
-and a per-piece breakdown of the semi-supervised iteration; compares with the official implementation's anchor timings.
+semi-supervised) with the training code itself, the compute floor of the same modules on the same batch, the peak
+memory, and a per-piece breakdown of the semi-supervised iteration; compares with the official implementation's anchor
+timings.
 The defaults are the anchor's preset: ResNet-50 + ELN ResNet-34, 321x321 crops, 2 labelled (+2 unlabelled) images, fp32,
 2 threads, random init."""
+_BENCH_EXAMPLES = '''examples:
+  eln_nb_bench --iters 5 --warmup 2
+  eln_nb_bench --amp bf16 --channels-last  # CPUs with AMX only
+  eln_nb_bench --device cuda --amp bf16 --flops --peak-tflops 989'''
 
 def bench_parser() -> argparse.ArgumentParser:
     "The options of `eln_nb_bench`, one per `BenchConfig` field, each with its help."
-    p = argparse.ArgumentParser('eln_nb_bench', description=_BENCH_ABOUT, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog='examples:\n  eln_nb_bench --iters 5 --warmup 2\n  eln_nb_bench --amp bf16 --channels-last'
-                                       '  # CPUs with AMX only\n  eln_nb_bench --device cuda --amp bf16 --flops --peak-tflops 989')
+    p = argparse.ArgumentParser('eln_nb_bench', description=_BENCH_ABOUT,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=_BENCH_EXAMPLES)
     d, helps = BenchConfig(), field_help(BenchConfig)
     for f in fields(BenchConfig):
         opt, v = '--' + f.name.replace('_', '-'), getattr(d, f.name)
@@ -389,7 +438,8 @@ def bench_parser() -> argparse.ArgumentParser:
         if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v, help=h)
         elif f.name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v), help=h)
         elif f.name in ('amp', 'data', 'isolate'):
-            p.add_argument(opt, default=v, help=h, choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
+            p.add_argument(opt, default=v, help=h,
+                           choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
                                                             'isolate': ('auto', 'on', 'off')}[f.name])
         else: p.add_argument(opt, type=type(v), default=v, help=h)
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
@@ -398,12 +448,14 @@ def bench_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12_bench.ipynb #dc8cb9d5
 def run_bench(cfg:BenchConfig) -> dict:
     "Run the benchmark described by `cfg` -> the JSON report."
-    info = machine_info(); info['loadavg_start'] = info['loadavg']
+    info = machine_info()
+    info['loadavg_start'] = info['loadavg']
     dev = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
     info['device'] = kind = torch.device(dev).type
     if kind == 'cpu' and cfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
     cal = cfg.calibrate and kind == 'cpu'
-    ref = [reference_time_isolated(cfg.threads or 2)] if cal else []      # before and after the phases: the machine drifts
+    # before and after the phases: the machine drifts
+    ref = [reference_time_isolated(cfg.threads or 2)] if cal else []
     res = run_isolated(cfg) if cfg.isolate == 'on' or (cfg.isolate == 'auto' and kind == 'cpu') else run_phases(cfg)
     if cal: ref.append(reference_time_isolated(cfg.threads or 2))
     info['reference_times_s'], info['reference_s'] = ref, (statistics.fmean(ref) if ref else None)
@@ -417,7 +469,8 @@ def run_bench(cfg:BenchConfig) -> dict:
 def bench_main(argv=None) -> int:
     "Console script `eln_nb_bench`."
     a = vars(bench_parser().parse_args(argv))
-    as_json = a.pop('json'); a['phases'] = tuple(dict.fromkeys(a['phases']))
+    as_json = a.pop('json')
+    a['phases'] = tuple(dict.fromkeys(a['phases']))
     rep = run_bench(BenchConfig(**a))
     print(json.dumps(rep) if as_json else format_table(rep), flush=True)
     return 0

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled, read_split,
+from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
+                         read_split,
                          shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
@@ -46,7 +47,8 @@ def _names(ds): return list(getattr(ds, 'names', None) or [str(i) for i in range
 
 def _split_names(cfg, names):
     d = Path(cfg.split_dir) if cfg.split_dir else shared_dir()/'splits'/'eln-official'/cfg.dataset
-    if (d/f'{cfg.split}_labeled_{cfg.split_seed}.txt').is_file(): return read_split(d, cfg.split, cfg.split_seed) + (str(d),)
+    if (d/f'{cfg.split}_labeled_{cfg.split_seed}.txt').is_file():
+        return read_split(d, cfg.split, cfg.split_seed) + (str(d),)
     if cfg.split_dir: raise FileNotFoundError(f"{d}/{cfg.split}_labeled_{cfg.split_seed}.txt not found")
     return split_labelled(names, cfg.split, cfg.split_seed) + (f'drawn (1/{cfg.split}, seed {cfg.split_seed})',)
 
@@ -59,11 +61,18 @@ def _labelled_names(ds, names):
 @dataclass
 class RunData:
     "The datasets and views of a run."
-    info: DatasetInfo; labelled: object; unlabelled: object; val: object; lab_view: object; unl_view: object; split_from: str
+    info: DatasetInfo
+    labelled: object
+    unlabelled: object
+    val: object
+    lab_view: object
+    unl_view: object
+    split_from: str
 
 def build_data(cfg:TrainConfig) -> RunData:
     "Training (labelled + unlabelled subsets), validation dataset and the training views."
-    train = _dataset(cfg, cfg.train_split); names = _names(train)
+    train = _dataset(cfg, cfg.train_split)
+    names = _names(train)
     if train.info.num_classes < 1: raise DatasetError(f"{cfg.dataset} {cfg.train_split}: 0 classes (give a class list)")
     known = _labelled_names(train, names)
     lab, unl, src = _split_names(cfg, known)
@@ -72,14 +81,16 @@ def build_data(cfg:TrainConfig) -> RunData:
     if nolab: raise DatasetError(f"split ({src}): {len(nolab)} labelled names have no label file, e.g. {nolab[:3]}")
     pos = {n: i for i, n in enumerate(names)}
     missing = [n for n in lab + unl if n not in pos]
-    if missing: raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
+    if missing:
+        raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
     val = _dataset(cfg, cfg.val_split, cfg.synthetic_val_n)
     same = set(map(str, getattr(val, 'images', []))) & set(map(str, getattr(train, 'images', [])))
     if same: raise DatasetError(f"{sorted(same)[0]}: {len(same)} validation images are training images "
                                 f"({cfg.val_split} = {cfg.train_split})")
     if cfg.val_limit: val = Subset(val, range(min(cfg.val_limit, len(val))))
     geo = dict(crop=_size(cfg.crop), scale=tuple(cfg.scale) or None, hflip=cfg.hflip, resize=_size(cfg.resize))
-    return RunData(train.info, Subset(train, [pos[n] for n in lab]), Subset(train, [pos[n] for n in unl]) if unl else None, val,
+    return RunData(train.info, Subset(train, [pos[n] for n in lab]),
+                   Subset(train, [pos[n] for n in unl]) if unl else None, val,
                    LabelledView(**geo), UnlabelledViews(**geo, blur=cfg.blur), src)
 
 # %% ../nbs/09a_build.ipynb #0274cda0
@@ -88,7 +99,9 @@ def check_run_files(d:RunData, cfg:TrainConfig, rank:int=0, world_size:int=1) ->
     parts = [(d.labelled, False), (d.unlabelled, False), (d.val, True)]
     errs = [e for ds, need in parts if ds is not None for e in check_files(ds, cfg.check_files, need, rank, world_size)]
     if world_size > 1 and dist.is_initialized():
-        allr = [None] * world_size; dist.all_gather_object(allr, errs); errs = [e for r in allr for e in r]
+        allr = [None] * world_size
+        dist.all_gather_object(allr, errs)
+        errs = [e for r in allr for e in r]
     if errs: raise DatasetError(errs[0] + (f" (and {len(errs) - 1} more bad files)" if len(errs) > 1 else ''))
     files = lambda ds: ds is not None and hasattr(getattr(ds, 'dataset', ds), 'images')   # file-backed datasets
     return 0 if cfg.check_files == 'off' else sum(len(ds) for ds, _ in parts if files(ds))
@@ -99,12 +112,13 @@ def _weights(s): return {'': None, 'auto': None, 'none': False, 'imagenet': True
 def build_models(cfg:TrainConfig, num_classes:int, pretrained=True) -> ELNModels:
     "The networks of a run (`pretrained=False` skips ImageNet weights, e.g. to load a checkpoint)."
     return ELNModels(num_classes, cfg.backbone, cfg.output_stride, cfg.multi_grid, cfg.k, cfg.eln_backbone,
-                     _weights(cfg.pretrained) if pretrained else False, _weights(cfg.eln_pretrained) if pretrained else False,
+                     _weights(cfg.pretrained) if pretrained else False,
+                     _weights(cfg.eln_pretrained) if pretrained else False,
                      cfg.filter, eln_dilate=cfg.eln_dilate, eln_random_shortcuts=cfg.eln_random_shortcuts,
                      eln_copy_rgb=cfg.eln_copy_rgb, aux_proj=cfg.aux_proj, fast_dropout=cfg.fast_dropout)
 
 def compile_networks(m:ELNModels) -> ELNModels:
-    "`torch.compile` (inductor), in place, every module the steps call directly (stage 1 calls encode and decode alone)."
+    "`torch.compile` (inductor), in place, each module the steps call directly (stage 1 calls encode and decode alone)."
     mods = [m.student.encoder, m.student.decoder, m.teacher.encoder, m.teacher.decoder, *(m.aux or [])]
     for mod in mods + ([m.eln] if m.eln is not None else []): mod.compile()
     return m
@@ -115,15 +129,17 @@ def _encoders(cfg):
     return enc + ([('eln', resnet_depth(cfg.eln_backbone), cfg.eln_pretrained)] if cfg.filter in ('eln', 'ecn') else [])
 
 def check_weights(cfg:TrainConfig) -> dict:
-    "The weight file of each encoder (None: random init), fetched now if needed; raises `PretrainedWeightsError` at once."
-    return {name: find_weights(depth, _weights(spec)) for name, depth, spec in _encoders(cfg) if _weights(spec) is not None}
+    "The weight file of each encoder (None: random init), fetched now if needed; else `PretrainedWeightsError` at once."
+    return {name: find_weights(depth, _weights(spec)) for name, depth, spec in _encoders(cfg)
+            if _weights(spec) is not None}
 
 def weights_status(cfg:TrainConfig) -> dict:
     "What each encoder will start from, without downloading anything (for `--dry-run`)."
     def one(depth, spec):
         w = _weights(spec)
         if w is False: return 'random init (--pretrained none)'
-        if w is True: return str(cached_imagenet(depth) or f'MISSING from the hub cache; fetch with: {fetch_command(depth)}')
+        if w is True:
+            return str(cached_imagenet(depth) or f'MISSING from the hub cache; fetch with: {fetch_command(depth)}')
         if w is None: return str(cached_imagenet(depth) or 'random init (auto: no ImageNet file in the hub cache)')
         return spec if Path(spec).is_file() else f'MISSING: {spec}'
     return {name: one(depth, spec) for name, depth, spec in _encoders(cfg)}
@@ -142,7 +158,8 @@ def cpu_has_bf16() -> bool:
 
 def bf16_warning() -> str:
     "What to tell a user who asks for bf16 on a CPU without bf16 matrix instructions."
-    return ("warning: this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 autocast is emulated and much slower than fp32 "
+    return ("warning: this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 autocast is emulated and much slower than "
+            "fp32 "
             "(about 20x: 69 s against 3.3 s per phase-1a iteration on an AVX2-only EPYC); use --amp off (or auto)")
 
 def cpu_has_amx() -> bool:
@@ -158,7 +175,7 @@ def resolve_channels_last(spec, device:torch.device) -> bool:
     return device.type == 'cpu' and cpu_has_amx()
 
 def resolve_amp(amp:str, device:torch.device, official:bool=False):
-    "`amp` ('auto', 'bf16', 'fp16', 'off') -> torch dtype for autocast, or None; `official`: auto = fp16 on CUDA, else off."
+    "`amp` ('auto', 'bf16', 'fp16', 'off') -> autocast dtype or None; `official`: auto = fp16 on CUDA, else off."
     if amp not in ('auto', 'bf16', 'fp16', 'off'): raise ValueError(f"amp={amp!r}; choose auto, bf16, fp16 or off")
     if amp == 'auto' and official: amp = 'fp16' if device.type == 'cuda' else 'off'
     if amp == 'auto':

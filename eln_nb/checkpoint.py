@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled, read_split,
+from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
+                         read_split,
                          shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
@@ -36,25 +37,31 @@ def rng_state(generator=None) -> dict:
     "Every random state of this process (tensors and primitives only)."
     np_state = np.random.get_state()
     st = {'torch': torch.get_rng_state(), 'python': random.getstate(),
-          'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[int(v) if isinstance(v, (int, np.integer)) else float(v) for v in np_state[2:]]]}
+          'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                    *[int(v) if isinstance(v, (int, np.integer)) else float(v) for v in np_state[2:]]]}
     if torch.cuda.is_available() and torch.cuda.is_initialized(): st['cuda'] = torch.cuda.get_rng_state_all()
     if generator is not None: st['generator'] = generator.get_state()
     return st
 
 def set_rng_state(st:dict, generator=None):
     "Restore `rng_state`."
-    torch.set_rng_state(st['torch']); random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in st['python']))
-    n = st['numpy']; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    torch.set_rng_state(st['torch'])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in st['python']))
+    n = st['numpy']
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
     if generator is not None and 'generator' in st: generator.set_state(st['generator'])
 
 # %% ../nbs/09b_checkpoints.ipynb #07569ccf
 def save_checkpoint(state:dict, path, keep_prev:bool=True):
     "Write `state` atomically (tmp file, fsync, rename); the replaced file becomes `<name>.prev.pt` when `keep_prev`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     with open(tmp, 'wb') as f:
-        torch.save(state, f); f.flush(); os.fsync(f.fileno())
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     if keep_prev and path.exists(): os.replace(path, path.with_name(path.stem + '.prev.pt'))
     os.replace(tmp, path)
 
@@ -66,17 +73,21 @@ def _reason(e) -> str:
     return ' '.join(l for l in s.splitlines() if l.strip() and 'weights_only' not in l)[:300]
 
 def load_checkpoint(path, map_location='cpu') -> dict:
-    "Read a checkpoint with `weights_only=True`; a missing, truncated or corrupt file raises `CheckpointError` naming it."
+    "Read a checkpoint with `weights_only=True`; a missing, truncated or corrupt file raises a `CheckpointError`."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: checkpoint not found")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         code = re.search(r'unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)', str(e))
-        if code: raise CheckpointError(f"{path}: unsafe file, not loaded: it contains code, not only tensors (it would call "
+        if code:
+            raise CheckpointError(f"{path}: unsafe file, not loaded: it contains code, not only tensors (it would call "
                                        f"{code.group(1) or code.group(2)} when unpickled); "
                                        "use only checkpoints from a run you trust") from None
-        prev = [p.name for p in (path.with_name(path.stem + '.prev.pt'), *sorted(path.parent.glob('iter_*.pt'))[-1:]) if p.is_file() and p != path]
+        prev = [p.name for p in (path.with_name(path.stem + '.prev.pt'), *sorted(path.parent.glob('iter_*.pt'))[-1:])
+                if p.is_file() and p != path]
         hint = f"; earlier good checkpoints may be {prev} (pass one with --resume)" if prev else ''
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_reason(e)}){hint}") from e
-    if not isinstance(ck, dict) or 'models' not in ck: raise CheckpointError(f"{path}: not an eln_nb checkpoint (no 'models')")
+        why = f"{type(e).__name__}: {_reason(e)}"
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({why}){hint}") from e
+    if not isinstance(ck, dict) or 'models' not in ck:
+        raise CheckpointError(f"{path}: not an eln_nb checkpoint (no 'models')")
     return ck

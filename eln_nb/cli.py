@@ -14,14 +14,17 @@ from pathlib import Path
 import torch
 
 from .train import (TrainConfig, PRESETS, make_config, Schedule, build_data, build_models, param_counts, train,
-                          load_checkpoint_models, evaluate, resolve_amp, resolve_device, CheckpointError, NonFiniteLossError,
-                          _size, DEVIATIONS, weights_status, config_errors, check_run_files, _dataset, resolve_channels_last)
+                          load_checkpoint_models, evaluate, resolve_amp, resolve_device, CheckpointError,
+                          NonFiniteLossError,
+                          _size, DEVIATIONS, weights_status, config_errors, check_run_files, _dataset,
+                          resolve_channels_last)
 from .data import get_dataset, eval_loader, DatasetError, _pair
 
 # %% ../nbs/11_cli.ipynb #0ed2f45c
 def _preset_arg(argv=None) -> str:
     "The `--preset` of a command line (default demo), read first so that `--help` can show that preset's values."
-    pre = argparse.ArgumentParser(add_help=False); pre.add_argument('--preset', default='demo')
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--preset', default='demo')
     name = pre.parse_known_args(argv)[0].preset
     return name if name in PRESETS else 'demo'          # an unknown name is reported by the full parser
 
@@ -37,9 +40,10 @@ def _elem_type(default): return float if any(isinstance(v, float) for v in defau
 _SWITCHES = ('channels_last',)
 
 def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
-    "An argparse parser with `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
+    "argparse parser: `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
     usage = '%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]'
-    p = argparse.ArgumentParser(prog, usage=usage, description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
+    p = argparse.ArgumentParser(prog, usage=usage,
+                                description='Train ELN (Kwon & Kwak, CVPR 2022): supervised phase 1a, ELN phase 1b, '
                                 'semi-supervised stage 2. Presets set many options; any option overrides its preset.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     p.add_argument('--preset', choices=list(PRESETS), default='demo', help='starting configuration (default: demo)')
@@ -51,17 +55,22 @@ def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser
     for f in fields(TrainConfig):
         h = f"{helps.get(f.name, '')} (default {getattr(base, f.name)!r})".replace('%', '%%')
         opt = '--' + f.name.replace('_', '-')
-        if isinstance(f.default, bool): g.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
-        elif f.name in _SWITCHES:                    # auto/on/off; a bare --OPTION means on, --no-OPTION off (as when it was a bool)
+        if isinstance(f.default, bool):
+            g.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
+        # auto/on/off; a bare --OPTION means on, --no-OPTION off (as when it was a bool)
+        elif f.name in _SWITCHES:
             g.add_argument(opt, nargs='?', const='on', choices=('auto', 'on', 'off'), default=argparse.SUPPRESS, help=h)
-            g.add_argument('--no-' + opt[2:], dest=f.name, action='store_const', const='off', default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            g.add_argument('--no-' + opt[2:], dest=f.name, action='store_const', const='off', default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
         elif isinstance(f.default, tuple):
-            g.add_argument(opt, nargs='*', type=_elem_type(f.default) if f.default else float, default=argparse.SUPPRESS, help=h)
+            g.add_argument(opt, nargs='*', type=_elem_type(f.default) if f.default else float,
+                           default=argparse.SUPPRESS, help=h)
         else: g.add_argument(opt, type=type(f.default), default=argparse.SUPPRESS, help=h)
     return p
 
 def _epilog():
-    return ('presets:\n' + '\n'.join(f"  {k:<15}{', '.join(f'{a}={b}' for a, b in list(v.items())[:6])}, ..." for k, v in PRESETS.items()) +
+    return ('presets:\n' + '\n'.join(f"  {k:<15}{', '.join(f'{a}={b}' for a, b in list(v.items())[:6])}, ..."
+                                     for k, v in PRESETS.items()) +
             '\n\nexamples:\n  eln_nb_train --preset demo --out runs/demo\n'
             '  eln_nb_train --preset voc-r50 --split 8 --split-seed 0 --data-root data/VOC2012 --out runs/voc8\n'
             '  torchrun --standalone --nproc_per_node 4 -m eln_nb.cli --preset voc-r101 --split 4 --out runs/voc4')
@@ -84,7 +93,8 @@ _AMP_NAMES = {None: 'off', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 
 def deviation_rows(cfg:TrainConfig, device=None) -> list:
     "[(option, this run, official, why, differs)] for every deviation switch, plus mixed precision."
-    rows = [(f"--{k.replace('_', '-')}", getattr(cfg, k), v, why, getattr(cfg, k) != v) for k, (v, why) in DEVIATIONS.items()]
+    rows = [(f"--{k.replace('_', '-')}", getattr(cfg, k), v, why, getattr(cfg, k) != v)
+            for k, (v, why) in DEVIATIONS.items()]
     dev = device or resolve_device(cfg.device)
     amp, off = resolve_amp(cfg.amp, dev, cfg.official), resolve_amp('auto', dev, official=True)
     why = 'bf16 where the hardware has it: fp32 range, no loss scaling'
@@ -100,46 +110,63 @@ def deviation_table(cfg:TrainConfig, device=None) -> str:
     n = sum(r[-1] for r in rows)
     L = [f"deviations from the official code ({n} of {len(rows)} in this run; --official sets them all):"] + L
     hp = preset_departures(cfg)
-    if hp: L.append("  hyper-parameters that differ from the official VOC values (kept by --official): " + ', '.join(hp))
+    if hp:
+        L.append("  hyper-parameters that differ from the official VOC values (kept by --official): " + ', '.join(hp))
     return '\n'.join(L)
 
-_OFFICIAL_HP = ('alphas', 'lr', 'backbone_lr', 'weight_decay', 'pretrained', 'eln_pretrained', 'tau', 'windows', 'window_size',
+_OFFICIAL_HP = ('alphas', 'lr', 'backbone_lr', 'weight_decay', 'pretrained', 'eln_pretrained', 'tau', 'windows',
+                'window_size',
                 'ema', 'reset_student', 'eln_threshold', 'lambda_st', 'lambda_con', 'blur', 'iters_per_epoch', 'k')
 
 def preset_departures(cfg:TrainConfig) -> list:
     "'name value (official value)' for the method hyper-parameters where `cfg` is not the official VOC setting."
     ref = TrainConfig()
-    return [f"{k} {getattr(cfg, k)!r} ({getattr(ref, k)!r})" for k in _OFFICIAL_HP if getattr(cfg, k) != getattr(ref, k)]
+    return [f"{k} {getattr(cfg, k)!r} ({getattr(ref, k)!r})" for k in _OFFICIAL_HP
+            if getattr(cfg, k) != getattr(ref, k)]
 
 # %% ../nbs/11_cli.ipynb #558e27dc
 def plan(cfg:TrainConfig) -> str:
     "A readable plan of the run `cfg`."
-    s = Schedule.of(cfg); ipe = cfg.iters_per_epoch
+    s = Schedule.of(cfg)
+    ipe = cfg.iters_per_epoch
     L = ['phases:']
     for ph, name in (('1a', 'supervised (L_sup)'), ('1b', 'aux decoders + ELN (L_sup+L_aux+L_ELN)'),
-                     ('2', f'semi-supervised (+L_st+L_con, EMA {cfg.ema}, student reset {"on" if cfg.reset_student else "off"})')):
+                     ('2',
+                      f'semi-supervised (+L_st+L_con, EMA {cfg.ema}, student reset '
+                      f'{"on" if cfg.reset_student else "off"})')):
         lo, hi = s.bounds(ph)
         L.append(f"  {ph:<3}{name:<60} iterations {lo:>7} .. {hi:<7} ({(hi - lo) / ipe:g} epochs of {ipe})")
-    L.append(f"  total {s.total} iterations; batch {cfg.batch_size} labelled + {cfg.unlabelled_batch_size} unlabelled per process")
+    L.append(f"  total {s.total} iterations; batch {cfg.batch_size} labelled + {cfg.unlabelled_batch_size} unlabelled "
+             f"per process")
     try:
         d = build_data(cfg)
-        L += [f"data: {cfg.dataset} ({cfg.data_root or 'default root'}), {d.info.num_classes} classes; labelled {len(d.labelled)}, "
-              f"unlabelled {len(d.unlabelled) if d.unlabelled is not None else 0}, val ({cfg.val_split}) {len(d.val)}; split {d.split_from}",
-              f"  views: resize {cfg.resize or '-'}, scale {cfg.scale or '-'}, crop {cfg.crop or '-'}, hflip {cfg.hflip}; val resize {cfg.val_resize or 'full'}"]
+        L += [f"data: {cfg.dataset} ({cfg.data_root or 'default root'}), {d.info.num_classes} classes; labelled "
+              f"{len(d.labelled)}, "
+              f"unlabelled {len(d.unlabelled) if d.unlabelled is not None else 0}, val ({cfg.val_split}) {len(d.val)}; "
+              f"split {d.split_from}",
+              f"  views: resize {cfg.resize or '-'}, scale {cfg.scale or '-'}, crop {cfg.crop or '-'}, hflip "
+              f"{cfg.hflip}; val resize {cfg.val_resize or 'full'}"]
         C = d.info.num_classes
     except (OSError, ValueError, DatasetError) as e:
-        L.append(f"data: NOT AVAILABLE ({e})"); C = cfg.synthetic_classes if cfg.dataset == 'synthetic' else {'voc': 21, 'cityscapes': 19, 'camvid': 11}.get(cfg.dataset, 2)
+        L.append(f"data: NOT AVAILABLE ({e})")
+        C = cfg.synthetic_classes if cfg.dataset == 'synthetic' else {'voc': 21, 'cityscapes': 19,
+                                                                      'camvid': 11}.get(cfg.dataset, 2)
     with torch.device('meta'): m = build_models(cfg, C, pretrained=False)
-    L.append(f"networks: {cfg.backbone} OS{cfg.output_stride} student/teacher, {cfg.k} aux decoders, {cfg.eln_backbone} ELN, filter {cfg.filter}; "
+    L.append(f"networks: {cfg.backbone} OS{cfg.output_stride} student/teacher, {cfg.k} aux decoders, "
+             f"{cfg.eln_backbone} ELN, filter {cfg.filter}; "
              + ', '.join(f"{k} {v:.1f}M" for k, v in param_counts(m).items()) + ' parameters')
-    L.append(f"optimiser: AdamW lr {cfg.lr:g} (backbones {cfg.backbone_lr:g}), weight decay {cfg.weight_decay:g}, constant"
+    L.append(f"optimiser: AdamW lr {cfg.lr:g} (backbones {cfg.backbone_lr:g}), weight decay {cfg.weight_decay:g}, "
+             f"constant"
              + (', scaled by world size' if cfg.scale_lr else ''))
     L += [f"weights: {k}: {v}" for k, v in weights_status(cfg).items()]
-    dev = resolve_device(cfg.device); amp = resolve_amp(cfg.amp, dev, cfg.official)
-    L.append(f"runtime: device {dev}, amp {str(amp).replace('torch.', '') if amp else 'off'}, channels_last {cfg.channels_last} "
+    dev = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, dev, cfg.official)
+    L.append(f"runtime: device {dev}, amp {str(amp).replace('torch.', '') if amp else 'off'}, channels_last "
+             f"{cfg.channels_last} "
              f"({'on' if resolve_channels_last(cfg.channels_last, dev) else 'off'}), "
              f"compile {cfg.compile}, workers {cfg.num_workers}, seed {cfg.seed}, deterministic {cfg.deterministic}")
-    L.append(f"output: {cfg.out} (validate every {cfg.eval_every or 'end'}, last.pt every {cfg.ckpt_every}, keep every {cfg.keep_every or '-'})")
+    L.append(f"output: {cfg.out} (validate every {cfg.eval_every or 'end'}, last.pt every {cfg.ckpt_every}, keep every "
+             f"{cfg.keep_every or '-'})")
     L.append(deviation_table(cfg, dev))
     return '\n'.join(L)
 
@@ -148,10 +175,12 @@ def train_main(argv=None):
     "Console script `eln_nb_train`."
     cfg, ns = parse_config(argv)
     if ns.dry_run:
-        print(f"preset {ns.preset}\n" + plan(cfg)); return _dry_check(cfg)
+        print(f"preset {ns.preset}\n" + plan(cfg))
+        return _dry_check(cfg)
     try: train(cfg, ns.resume)
     except (CheckpointError, NonFiniteLossError, DatasetError, FileNotFoundError) as e:
-        print(f"eln_nb_train: error: {_one_line(e)}", file=sys.stderr); return 2
+        print(f"eln_nb_train: error: {_one_line(e)}", file=sys.stderr)
+        return 2
     return 0
 
 def _one_line(e) -> str:
@@ -166,26 +195,34 @@ def _dry_check(cfg) -> int:
     except (OSError, ValueError, DatasetError): return 0              # the plan already says why
     t = time.time()
     try: n = check_run_files(d, cfg)
-    except DatasetError as e: print(f"eln_nb_train: error: {_one_line(e)}", file=sys.stderr); return 2
+    except DatasetError as e:
+        print(f"eln_nb_train: error: {_one_line(e)}", file=sys.stderr)
+        return 2
     if n: print(f"files: {n} images checked ({cfg.check_files}) in {time.time() - t:.1f} s, all readable and valid")
     return 0
 
 # %% ../nbs/11_cli.ipynb #d8852a70
 def eval_parser():
-    p = argparse.ArgumentParser('eln_nb_eval', description='Evaluate a checkpoint (student, teacher, ELN error localization).')
+    p = argparse.ArgumentParser('eln_nb_eval',
+                                description='Evaluate a checkpoint (student, teacher, ELN error localization).')
     p.add_argument('--ckpt', required=True, help='checkpoint file (last.pt, best.pt, iter_*.pt)')
-    p.add_argument('--data', default=None, help="dataset name (synthetic, camvid, voc, cityscapes, folder) or a folder of the checkpoint's dataset; default: the checkpoint's")
+    p.add_argument('--data', default=None,
+                   help="dataset name (synthetic, camvid, voc, cityscapes, folder) or a folder of the checkpoint's "
+                        "dataset; default: the checkpoint's")
     p.add_argument('--data-root', default=None, help="dataset folder (default: the checkpoint's)")
     p.add_argument('--split', default=None, help="dataset split (default: the checkpoint's val split)")
     p.add_argument('--mode', nargs='+', default=None, choices=['full', 'resize', 'slide'],
                    help="evaluation modes (default: the run's own: resize at its val_resize, or full when it had none)")
     p.add_argument('--resize', type=int, nargs='+', default=None,
                    help="H [W] for --mode resize (default: the run's val_resize, else 505)")
-    p.add_argument('--window', type=int, nargs='+', default=None, help="sliding window H [W] (default: the training crop, else 321)")
-    p.add_argument('--batch-size', type=int, default=1, help='images per batch (default 1; full-resolution images may differ in size)')
+    p.add_argument('--window', type=int, nargs='+', default=None,
+                   help="sliding window H [W] (default: the training crop, else 321)")
+    p.add_argument('--batch-size', type=int, default=1,
+                   help='images per batch (default 1; full-resolution images may differ in size)')
     p.add_argument('--limit', type=int, default=0, help='evaluate the first N images only (0 = all)')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N')
-    p.add_argument('--amp', default='off', choices=['auto', 'bf16', 'fp16', 'off'], help='autocast precision (default off)')
+    p.add_argument('--amp', default='off', choices=['auto', 'bf16', 'fp16', 'off'],
+                   help='autocast precision (default off)')
     p.add_argument('--json', default=None, help='also write the results to this JSON file')
     return p
 
@@ -202,17 +239,24 @@ def eval_main(argv=None):
         ds = _dataset(where, a.split or cfg.val_split, cfg.synthetic_val_n)
         if a.limit: ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"eln_nb_eval: error: {e}", file=sys.stderr); return 2
-    dev = resolve_device(a.device); amp = resolve_amp(a.amp, dev); m.to(dev)
-    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or (_pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None) or (321, 321)
+        print(f"eln_nb_eval: error: {e}", file=sys.stderr)
+        return 2
+    dev = resolve_device(a.device)
+    amp = resolve_amp(a.amp, dev)
+    m.to(dev)
+    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window
+                   or ()) or (_pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None) or (321,
+                                                                                                                321)
     modes, size = _eval_modes(a, cfg)
     results = {}
     for mode in modes:
         t = time.time()
         dl = eval_loader(ds, a.batch_size, resize=size if mode == 'resize' else None)
         r = evaluate(m, dl, info, dev, amp, 'slide' if mode == 'slide' else 'full', window, cfg.eln_threshold)
-        r['mode'], r['time_s'] = mode, round(time.time() - t, 1); results[mode] = r
-        print(f"{mode:<7} student mIoU {r['student_miou']:.4f}  teacher mIoU {r['teacher_miou']:.4f}  pixel acc {r['pixel_accuracy']:.4f}  "
+        r['mode'], r['time_s'] = mode, round(time.time() - t, 1)
+        results[mode] = r
+        print(f"{mode:<7} student mIoU {r['student_miou']:.4f}  teacher mIoU {r['teacher_miou']:.4f}  pixel acc "
+              f"{r['pixel_accuracy']:.4f}  "
               f"ELN P/R/F1 {r['eln_precision']:.3f}/{r['eln_recall']:.3f}/{r['eln_f1']:.3f}  ({r['time_s']} s)")
     if a.json: Path(a.json).write_text(json.dumps({'ckpt': str(a.ckpt), 'dataset': name, 'results': results}, indent=1))
     return 0
@@ -228,5 +272,6 @@ def _eval_modes(a, cfg):
     return modes, size
 
 # %% ../nbs/11_cli.ipynb #5f57f7f4
-if __name__ == '__main__' and 'IPython' not in sys.modules:   # `python -m eln_nb.cli ...` (what torchrun starts) is eln_nb_train
+# `python -m eln_nb.cli ...` (what torchrun starts) is eln_nb_train
+if __name__ == '__main__' and 'IPython' not in sys.modules:
     sys.exit(train_main())

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled, read_split,
+from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
+                         read_split,
                          shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
@@ -38,7 +39,8 @@ class TrainConfig:
     data_root: str = ''                  # dataset folder ('' = the dataset's default; camvid: ../shared/data/camvid)
     split: int = 8                       # 1/N of the training images are labelled (official: 20, 8, 4)
     split_seed: int = 0                  # which random split (official list files: 0, 1, 2)
-    split_dir: str = ''                  # folder with {N}_labeled_{i}.txt lists ('' = official lists when shipped, else drawn)
+    # folder with {N}_labeled_{i}.txt lists ('' = official lists when shipped, else drawn)
+    split_dir: str = ''
     train_split: str = 'train'           # dataset split to train on
     val_split: str = 'val'               # dataset split to validate on
     val_limit: int = 0                   # validate on the first N images only (0 = all)
@@ -65,20 +67,27 @@ class TrainConfig:
     multi_grid: bool = True              # multi-grid (1,2,4) dilations in layer4
     k: int = 2                           # number of auxiliary decoders
     filter: str = 'eln'                  # pseudo-label filter: eln, ecn, threshold, none, supervised
-    pretrained: str = 'imagenet'         # encoder weights: imagenet (torchvision's, via the hub cache), none (random), or a file
+    # encoder weights: imagenet (torchvision's, via the hub cache), none (random), or a file
+    pretrained: str = 'imagenet'
     eln_pretrained: str = 'imagenet'     # ELN encoder weights: imagenet, none, or a file
     # official behaviour: every deviation as a switch (`--dry-run` prints them against the official values)
-    official: bool = False               # set every switch below to the official code's behaviour (later options still win)
-    official_frozen_bn: bool = False     # official bug: BatchNorm scale/shift of the segmentation networks never trained
+    # set every switch below to the official code's behaviour (later options still win)
+    official: bool = False
+    # official bug: BatchNorm scale/shift of the segmentation networks never trained
+    official_frozen_bn: bool = False
     eln_dilate: bool = True              # dilate the ELN's layer4 (official: False; its BasicBlock ignores dilation)
     eln_random_shortcuts: bool = False   # leave the ELN's projection shortcuts at random init (official: True)
     eln_copy_rgb: bool = False           # start the ELN's widened conv1 from the RGB filters (official: False)
-    eln_batched: bool = False            # one ELN forward over the K+1 stacked predictions, BatchNorm pooled (official: False)
-    eln_stack: bool = True               # one ELN forward over the K+1 predictions, BatchNorm per source (official: False)
-    eln_reuse_preds: bool = True         # the ELN judges the training forward's predictions (official: False, a third pass)
+    # one ELN forward over the K+1 stacked predictions, BatchNorm pooled (official: False)
+    eln_batched: bool = False
+    # one ELN forward over the K+1 predictions, BatchNorm per source (official: False)
+    eln_stack: bool = True
+    # the ELN judges the training forward's predictions (official: False, a third pass)
+    eln_reuse_preds: bool = True
     ignore_as_error: bool = True         # ignore pixels count as errors in the ELN target (official: True)
     aux_proj: bool = False               # an unused Proj head on each auxiliary decoder (official: True)
-    fast_dropout: bool = True            # CPU dropout masks from 16 random bits per unit (official: False, torch's dropout)
+    # CPU dropout masks from 16 random bits per unit (official: False, torch's dropout)
+    fast_dropout: bool = True
     partial_batches: bool = False        # each pass over the data ends with a smaller batch (official: True)
     # method
     alphas: tuple = (20.0, 50.0)         # constraint factors alpha_k of the auxiliary decoders
@@ -114,14 +123,17 @@ class TrainConfig:
     seed: int = 20170890                 # random seed (official: 20170890)
     deterministic: bool = False          # deterministic algorithms (bitwise-exact resume on CPU)
     device: str = 'auto'                 # auto, cpu, cuda or cuda:N
-    amp: str = 'auto'                    # mixed precision: auto, bf16, fp16 (with GradScaler) or off (auto: see resolve_amp)
-    channels_last: str = 'auto'          # channels_last memory format: auto (on for CPUs with AMX, see resolve_channels_last), on, off
+    # mixed precision: auto, bf16, fp16 (with GradScaler) or off (auto: see resolve_amp)
+    amp: str = 'auto'
+    # channels_last memory format: auto (on for CPUs with AMX, see resolve_channels_last), on, off
+    channels_last: str = 'auto'
     compile: bool = False                # torch.compile the networks
     sync_bn: str = 'auto'                # SyncBatchNorm under DDP: auto (on CUDA), on, off
     num_workers: int = 2                 # data loader worker processes
     threads: int = 0                     # CPU threads for torch (0 = torch's default)
     progress: bool = True                # progress bars
-    init_from: str = ''                  # branch: start from another run's checkpoint (weights, optimizer, iteration, random state)
+    # branch: start from another run's checkpoint (weights, optimizer, iteration, random state)
+    init_from: str = ''
 
 # %% ../nbs/09_config.ipynb #585279ba
 def method_config(cfg:TrainConfig) -> MethodConfig:
@@ -132,13 +144,19 @@ def method_config(cfg:TrainConfig) -> MethodConfig:
 
 # %% ../nbs/09_config.ipynb #394a22f0
 DEVIATIONS = {  # TrainConfig field: (official value, what ours does instead and why)
-    'official_frozen_bn': (True, "train the segmentation networks' BatchNorm scale/shift; the official optimizer misses them (a bug)"),
-    'eln_dilate': (False, "dilate the ELN's layer4, as a DeepLab backbone should; the official BasicBlock ignores dilation"),
-    'eln_random_shortcuts': (True, "load ImageNet weights into the ELN's projection shortcuts; official key names miss them"),
+    'official_frozen_bn': (True,
+                           "train the segmentation networks' BatchNorm scale/shift; the official optimizer misses them "
+                           "(a bug)"),
+    'eln_dilate': (False,
+                   "dilate the ELN's layer4, as a DeepLab backbone should; the official BasicBlock ignores dilation"),
+    'eln_random_shortcuts': (True,
+                             "load ImageNet weights into the ELN's projection shortcuts; official key names miss them"),
     'eln_copy_rgb': (False, "option: start the ELN's widened conv1 from the RGB filters"),
-    'eln_stack': (False, "one ELN forward over the K+1 sources, BatchNorm per source: same numbers, dropout drawn in one piece"),
+    'eln_stack': (False,
+                  "one ELN forward over the K+1 sources, BatchNorm per source: same numbers, dropout drawn at once"),
     'eln_batched': (False, "option: one ELN forward over the stacked sources (its BatchNorm then pools them)"),
-    'eln_reuse_preds': (False, "the ELN judges the training forward's predictions: one encoder, K+1 decoder passes fewer"),
+    'eln_reuse_preds': (False,
+                        "the ELN judges the training forward's predictions: one encoder, K+1 decoder passes fewer"),
     'ignore_as_error': (True, "option: leave ignore pixels out of the ELN target"),
     'aux_proj': (True, "no unused Proj head on the auxiliary decoders: same outputs, fewer parameters"),
     'fast_dropout': (False, "CPU dropout from 16 random bits per unit (p rounded to 2^-16); GPUs use torch's dropout"),
@@ -151,14 +169,16 @@ def official_values() -> dict:
 
 # %% ../nbs/09_config.ipynb #9ac89828
 PRESETS = {
-    'demo': dict(dataset='synthetic', synthetic_n=64, synthetic_val_n=16, synthetic_size=64, synthetic_classes=5, split=4,
+    'demo': dict(dataset='synthetic', synthetic_n=64, synthetic_val_n=16, synthetic_size=64, synthetic_classes=5,
+                 split=4,
                  resize=(), scale=(), crop=(64,), val_resize=(), backbone='resnet18', eln_backbone='resnet18',
                  pretrained='none', eln_pretrained='none', window_size=8, windows=4, iters_per_epoch=8, pre_epochs=3,
                  eln_epochs=1, epochs=6, batch_size=4, unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3,
                  eval_every=0, ckpt_every=8, keep_every=0, log_every=4, num_workers=0, out='runs/demo', seed=0,
                  alphas=(3.0, 8.0), keep_prev=False),
     'camvid': dict(dataset='camvid', split=8, resize=(120, 160), scale=(0.75, 1.25), crop=(112,), val_resize=(120, 160),
-                   val_split='test', backbone='resnet18', eln_backbone='resnet18', pretrained='none', eln_pretrained='none',
+                   val_split='test', backbone='resnet18', eln_backbone='resnet18', pretrained='none',
+                   eln_pretrained='none',
                    window_size=16, iters_per_epoch=50, pre_epochs=3, eln_epochs=2, epochs=7, batch_size=4,
                    unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3, eval_every=250, ckpt_every=50, keep_every=0,
                    log_every=10, eval_batch_size=8, out='runs/camvid', seed=0, alphas=(1.25, 2.5), keep_prev=False),
@@ -171,7 +191,8 @@ PRESETS = {
 
 def make_config(preset:str=None, **overrides) -> TrainConfig:
     "A `TrainConfig` from the defaults, then `preset`, then the official values if `official`, then `overrides`."
-    if preset is not None and preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     names = {f.name for f in fields(TrainConfig)}
     bad = sorted(set(overrides) - names)
     if bad: raise ValueError(f"unknown config fields {bad}")
@@ -184,20 +205,24 @@ def config_from_dict(d:dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     if set(d) - names: warnings.warn(f"ignoring unknown config fields {sorted(set(d) - names)}")
     d = {k: v for k, v in d.items() if k in names}
-    if isinstance(d.get('channels_last'), bool): d['channels_last'] = 'on' if d['channels_last'] else 'off'   # before 'auto'
+    # before 'auto'
+    if isinstance(d.get('channels_last'), bool): d['channels_last'] = 'on' if d['channels_last'] else 'off'
     return make_config(**d)
 
 # %% ../nbs/09_config.ipynb #d498d5ba
-_AT_LEAST = {1: ('split', 'batch_size', 'unlabelled_batch_size', 'eval_batch_size', 'iters_per_epoch', 'epochs', 'log_every',
+_AT_LEAST = {1: ('split', 'batch_size', 'unlabelled_batch_size', 'eval_batch_size', 'iters_per_epoch', 'epochs',
+                 'log_every',
                  'window_size', 'synthetic_n', 'synthetic_val_n', 'synthetic_size', 'k'),
-             0: ('split_seed', 'pre_epochs', 'eln_epochs', 'eval_every', 'ckpt_every', 'keep_every', 'val_limit', 'windows',
+             0: ('split_seed', 'pre_epochs', 'eln_epochs', 'eval_every', 'ckpt_every', 'keep_every', 'val_limit',
+                 'windows',
                  'num_workers', 'threads'),
              2: ('synthetic_classes',)}
 _NON_NEGATIVE = ('weight_decay', 'lambda_st', 'lambda_con')
 _POSITIVE = ('lr', 'backbone_lr', 'tau')
 _UNIT = ('ema', 'conf_threshold', 'blur')
 _CHOICES = {'output_stride': (8, 16), 'amp': ('auto', 'bf16', 'fp16', 'off'), 'sync_bn': ('auto', 'on', 'off'),
-            'check_files': ('full', 'header', 'off'), 'channels_last': ('auto', 'on', 'off'), 'dataset': ('synthetic', 'camvid', 'voc', 'cityscapes', 'city', 'folder')}
+            'check_files': ('full', 'header', 'off'), 'channels_last': ('auto', 'on', 'off'),
+            'dataset': ('synthetic', 'camvid', 'voc', 'cityscapes', 'city', 'folder')}
 
 # %% ../nbs/09_config.ipynb #93d5b93e
 def _size_errors(cfg):
@@ -227,7 +252,10 @@ def config_errors(cfg:TrainConfig) -> list:
 @dataclass
 class Schedule:
     "Phase boundaries in iterations."
-    iters_per_epoch: int; pre_epochs: int; eln_epochs: int; epochs: int
+    iters_per_epoch: int
+    pre_epochs: int
+    eln_epochs: int
+    epochs: int
     @classmethod
     def of(cls, cfg): return cls(cfg.iters_per_epoch, cfg.pre_epochs, cfg.eln_epochs, cfg.epochs)
     @property
@@ -237,7 +265,8 @@ class Schedule:
     @property
     def total(self): return self.epochs * self.iters_per_epoch
     def phase(self, it): return '1a' if it < self.n1a else '1b' if it < self.warm else '2'
-    def bounds(self, phase): return {'1a': (0, min(self.n1a, self.total)), '1b': (min(self.n1a, self.total), min(self.warm, self.total)),
+    def bounds(self, phase):
+        return {'1a': (0, min(self.n1a, self.total)), '1b': (min(self.n1a, self.total), min(self.warm, self.total)),
                                      '2': (min(self.warm, self.total), self.total)}[phase]
     def action(self, it, reset_student=True):
         "What happens at the start of iteration `it`: 'start_teacher', 'reset_student' or None."

@@ -28,7 +28,8 @@ class Dropout(nn.Dropout):
         if not self.fast or x.device.type != 'cpu' or self.p >= 1: return F.dropout(x, self.p, True)
         keep = keep_mask(x.shape, self.p, x.device)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            keep = keep.view(x.shape[0], *x.shape[2:], x.shape[1]).permute(0, 3, 1, 2)   # same strides as x: no transposed reads
+            # same strides as x: no transposed reads
+            keep = keep.view(x.shape[0], *x.shape[2:], x.shape[1]).permute(0, 3, 1, 2)
         return torch.where(keep, x * (1 / (1 - self.p)), x.new_zeros(()))
 
 # %% ../nbs/02a_cpu_kernels.ipynb #898534ef
@@ -46,7 +47,8 @@ class _AtrousConv3x3(torch.autograd.Function):
     "conv2d(x [B,C,H,W], w [O,C,3,3], padding=d, dilation=d) -> [B,O,H,W], with a backward that skips padding-only taps"
     @staticmethod
     def forward(ctx, x, w, d):
-        ctx.save_for_backward(x, w); ctx.d = d
+        ctx.save_for_backward(x, w)
+        ctx.d = d
         return F.conv2d(x, w, padding=d, dilation=d)
 
     @staticmethod
@@ -63,7 +65,8 @@ class _AtrousConv3x3(torch.autograd.Function):
                 for kx in range(3):
                     (c, e), dx = _inside(W, (kx - 1) * d), (kx - 1) * d
                     if a >= b or c >= e: continue
-                    gw[:, :, ky, kx] = gs[:, a:b, c:e].reshape(-1, g.shape[1]).T @ xs[:, a+dy:b+dy, c+dx:e+dx].reshape(-1, x.shape[1])
+                    gw[:, :, ky, kx] = gs[:, a:b, c:e].reshape(-1, g.shape[1]).T @ xs[:, a+dy:b+dy,
+                                                                                      c+dx:e+dx].reshape(-1, x.shape[1])
         return gx, gw, None
 
 class AtrousConv2d(nn.Conv2d):
@@ -76,7 +79,8 @@ class AtrousConv2d(nn.Conv2d):
 
     def forward(self, x):
         d = self.dilation[0]
-        if not self.tapwise or x.device.type != 'cpu' or tap_fraction(*x.shape[-2:], d) >= 0.5: return super().forward(x)
+        if not self.tapwise or x.device.type != 'cpu' or tap_fraction(*x.shape[-2:], d) >= 0.5:
+            return super().forward(x)
         w = self.weight
         if torch.is_autocast_enabled('cpu'):
             dt = torch.get_autocast_dtype('cpu')

@@ -47,23 +47,27 @@ class EndlessSampler(Sampler):
         while True:
             e, j = divmod(pos, self.per_rank)
             if e != epoch: epoch, idx = e, self.epoch_indices(e)
-            yield idx[j], sample_seed(self.seed, e, self.rank + self.ws * j); pos += 1
+            yield idx[j], sample_seed(self.seed, e, self.rank + self.ws * j)
+            pos += 1
 
 # %% ../nbs/00c_data.ipynb #876392ba
 class ViewDataset(Dataset):
-    "A base dataset seen through a view; item `(index, sample_seed)` applies the view with torch seeded by `sample_seed`."
-    def __init__(self, dataset, view): self.dataset, self.view, self.info = dataset, view, getattr(dataset, 'info', None)
+    "A base dataset seen through a view; item `(index, sample_seed)` applies the view, torch seeded by `sample_seed`."
+    def __init__(self, dataset, view):
+        self.dataset, self.view, self.info = dataset, view, getattr(dataset, 'info', None)
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key):
         i, s = key if isinstance(key, tuple) else (key, key)
         sample = self.dataset[i]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s); return self.view(sample)
+            torch.manual_seed(s)
+            return self.view(sample)
 
 def collate_views(batch, keys):
     "List of view tuples -> dict of stacked tensors named by `keys`."
     try: return {k: torch.stack([b[j] for b in batch]) for j, k in enumerate(keys)}
-    except RuntimeError as e: raise DatasetError(f"cannot batch samples of different sizes ({e}); give the view a crop or resize") from e
+    except RuntimeError as e:
+        raise DatasetError(f"cannot batch samples of different sizes ({e}); give the view a crop or resize") from e
 
 # %% ../nbs/00c_data.ipynb #a823a905
 class EpochBatchSampler(Sampler):
@@ -82,7 +86,10 @@ class EpochBatchSampler(Sampler):
 # %% ../nbs/00c_data.ipynb #e244484a
 def _seed_worker(worker_id, seed=0, rank=0):
     import random
-    s = sample_seed(seed, rank, 2**32 + worker_id); random.seed(s); np.random.seed(s % 2**32); torch.manual_seed(s)
+    s = sample_seed(seed, rank, 2**32 + worker_id)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
 
 class EndlessLoader:
     "Iterator over an endless DataLoader that counts steps; `next(loader)` is batch number `loader.step`."
@@ -90,7 +97,9 @@ class EndlessLoader:
     def __iter__(self): return self
     def __next__(self):
         if self._it is None: self._it = iter(self.dl)
-        b = next(self._it); self.step += 1; return b
+        b = next(self._it)
+        self.step += 1
+        return b
 
 def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers:int=0, rank:int=0, world_size:int=1,
                 view=None, pin_memory=None, shuffle:bool=True, prefetch_factor:int=2,
@@ -98,9 +107,13 @@ def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers
     "Endless dict batches, deterministic in (seed, rank, step) for any `num_workers`; resumes at `start_step`."
     if view is not None: dataset = ViewDataset(dataset, view)
     if not isinstance(dataset, ViewDataset): raise TypeError("make_loader needs a ViewDataset or a dataset and view=")
-    smp = EndlessSampler(len(dataset), seed, rank, world_size, start=0 if partial_batches else start_step * batch_size, shuffle=shuffle)
-    batching = dict(batch_sampler=EpochBatchSampler(smp, batch_size, start_step)) if partial_batches else dict(batch_size=batch_size, sampler=smp)
-    dl = DataLoader(dataset, **batching, num_workers=num_workers, collate_fn=partial(collate_views, keys=dataset.view.keys),
+    smp = EndlessSampler(len(dataset), seed, rank, world_size, start=0 if partial_batches else start_step * batch_size,
+                         shuffle=shuffle)
+    batching = dict(batch_sampler=EpochBatchSampler(smp, batch_size,
+                                                    start_step)) if partial_batches else dict(batch_size=batch_size,
+                                                                                              sampler=smp)
+    dl = DataLoader(dataset, **batching, num_workers=num_workers,
+                    collate_fn=partial(collate_views, keys=dataset.view.keys),
                     pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                     worker_init_fn=partial(_seed_worker, seed=seed, rank=rank), persistent_workers=num_workers > 0,
                     generator=torch.Generator().manual_seed(sample_seed(seed, rank, 2**41)),  # not the caller's RNG
@@ -118,7 +131,8 @@ class EvalView:
         img, lab = self.geometry(img, lab)
         return normalize(_to_float(img)), lab.as_subclass(torch.Tensor).long()
 
-def eval_loader(dataset, batch_size:int=1, num_workers:int=0, resize=None, rank:int=0, world_size:int=1, pin_memory=None) -> DataLoader:
+def eval_loader(dataset, batch_size:int=1, num_workers:int=0, resize=None, rank:int=0, world_size:int=1,
+                pin_memory=None) -> DataLoader:
     "One ordered pass of `{'image','label'}` batches (this rank's share), no augmentation."
     if len(dataset) == 0: raise DatasetError("empty split: nothing to evaluate")
     vd = ViewDataset(dataset, EvalView(resize))

@@ -26,21 +26,25 @@ import torchvision.transforms.v2.functional as TF
 from .scenes import DatasetInfo, DatasetError, SyntheticScenes, VOC_CLASSES, voc_palette
 
 # %% ../nbs/00a_datasets.ipynb #e402ed8e
-CITYSCAPES_CLASSES = ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
+CITYSCAPES_CLASSES = ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+                      'vegetation',
                       'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle']
 CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
                       (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
                       (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # labelId -> train id
-CAMVID_CLASSES = ['sky', 'building', 'pole', 'road', 'sidewalk', 'tree', 'sign_symbol', 'fence', 'car', 'pedestrian', 'bicyclist']
+CAMVID_CLASSES = ['sky', 'building', 'pole', 'road', 'sidewalk', 'tree', 'sign_symbol', 'fence', 'car', 'pedestrian',
+                  'bicyclist']
 CAMVID_PALETTE = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
                   (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
 
 def label_lut(mapping:dict, # raw value -> class id; unlisted raw values 0..max_raw become 255
               max_raw:int):  # largest valid raw value
     "A 256-entry lookup table raw -> class id; -1 marks raw values that must not occur (255 stays 255)."
-    lut = np.full(256, -1, np.int64); lut[:max_raw + 1] = 255; lut[255] = 255
+    lut = np.full(256, -1, np.int64)
+    lut[:max_raw + 1] = 255
+    lut[255] = 255
     for k, v in mapping.items(): lut[k] = v
     return lut
 
@@ -58,8 +62,10 @@ def load_image(path) -> torch.Tensor: # uint8 [3,H,W]
 def _colours_to_ids(arr, palette, path):
     "[H,W,3] uint8 colour label -> [H,W] class ids via the palette (black (0,0,0) not in the palette -> 255)."
     code = (arr[..., 0].astype(np.int64) << 16) | (arr[..., 1].astype(np.int64) << 8) | arr[..., 2]
-    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in palette]); order = np.argsort(keys)
-    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1); ids = order[pos]
+    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in palette])
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
+    ids = order[pos]
     out = np.where(keys[ids] == code, ids, np.where(code == 0, 255, -1))
     if (out < 0).any(): raise DatasetError(f"{path}: colour label has colours that are not in the palette, e.g. "
                                            f"{tuple(int(v) for v in arr[out < 0][0])}")
@@ -85,7 +91,9 @@ def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: #
             _rgb_ids_hint(arr[..., :3], num_classes, path)
             raise DatasetError(f"{path}: colour ({mode}) label but the dataset has no palette to map colours")
         try: arr = _colours_to_ids(arr[..., :3], palette, path)
-        except DatasetError: _rgb_ids_hint(arr[..., :3], num_classes, path); raise
+        except DatasetError:
+            _rgb_ids_hint(arr[..., :3], num_classes, path)
+            raise
     elif arr.ndim != 2: raise DatasetError(f"{path}: label must be one channel (mode L or P), got mode {mode}")
     arr = raw = arr.astype(np.int64)
     if lut is not None: arr = lut[np.clip(arr, 0, 255)] if arr.max(initial=0) <= 255 else np.full_like(arr, -1)
@@ -106,18 +114,22 @@ def shared_dir() -> Path:
 
 # %% ../nbs/00a_datasets.ipynb #8ddaf00e
 class SegDataset(Dataset):
-    "Image files + optional label files listed by name; items are `{'image': Image uint8 [3,H,W], 'label': Mask int64 [H,W] | None, 'name'}`."
+    "Images and optional labels listed by name; item: `{'image': uint8 [3,H,W], 'label': int64 [H,W] | None, 'name'}`."
     def __init__(self, images, labels, names, info:DatasetInfo, lut=None, where=''):
         if len(images) == 0: raise DatasetError(f"{where}: empty split (no images)")
-        self.images, self.labels, self.names, self.info, self.lut, self.where = list(images), list(labels), list(names), info, lut, where
+        self.images, self.labels, self.names = list(images), list(labels), list(names)
+        self.info, self.lut, self.where = info, lut, where
     def __len__(self): return len(self.images)
     def __getitem__(self, i):
-        img = load_image(self.images[i]); lab = None
+        img = load_image(self.images[i])
+        lab = None
         if self.labels[i] is not None:
             lab = load_label(self.labels[i], self.info.num_classes, self.lut, self.info.palette)
             if tuple(lab.shape) != tuple(img.shape[-2:]):
-                raise DatasetError(f"{self.labels[i]}: label size {tuple(lab.shape)} differs from image {self.images[i]} size {tuple(img.shape[-2:])}")
-        return {'image': tv_tensors.Image(img), 'label': None if lab is None else tv_tensors.Mask(lab), 'name': self.names[i]}
+                raise DatasetError(f"{self.labels[i]}: label size {tuple(lab.shape)} differs from image "
+                                   f"{self.images[i]} size {tuple(img.shape[-2:])}")
+        return {'image': tv_tensors.Image(img), 'label': None if lab is None else tv_tensors.Mask(lab),
+                'name': self.names[i]}
 
 # %% ../nbs/00a_datasets.ipynb #4c5df73e
 @patch
@@ -127,9 +139,13 @@ def subset(self:SegDataset, names) -> SegDataset:
     if not names: raise DatasetError(f"{self.where}: empty split (no names given to subset)")
     pos = {n: i for i, n in enumerate(self.names)}
     missing = [n for n in names if n not in pos]
-    if missing: raise DatasetError(f"{self.where}: {len(missing)} split names are not in the dataset, e.g. {missing[:3]}")
-    new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
-    new.images = [self.images[pos[n]] for n in names]; new.labels = [self.labels[pos[n]] for n in names]; new.names = names
+    if missing:
+        raise DatasetError(f"{self.where}: {len(missing)} split names are not in the dataset, e.g. {missing[:3]}")
+    new = object.__new__(type(self))
+    new.__dict__.update(self.__dict__)
+    new.images = [self.images[pos[n]] for n in names]
+    new.labels = [self.labels[pos[n]] for n in names]
+    new.names = names
     return new
 
 # %% ../nbs/00a_datasets.ipynb #17507616
@@ -160,20 +176,24 @@ class VOCDataset(SegDataset):
     def __init__(self, root, split='trainaug', label_dir='SegmentationClassAug', list_dir=None):
         root = _need_dir(root, 'PASCAL VOC (+SBD)', VOC_LAYOUT)
         for sub in ('JPEGImages', label_dir):
-            if not (root/sub).is_dir(): raise FileNotFoundError(f"{root/sub}: folder missing; expected the layout {VOC_LAYOUT}")
+            if not (root/sub).is_dir():
+                raise FileNotFoundError(f"{root/sub}: folder missing; expected the layout {VOC_LAYOUT}")
         names = read_list(_find_list(split, list_dir, root/'ImageSets'/'Segmentation', root))
         info = DatasetInfo('voc', VOC_CLASSES, voc_palette(21))
-        super().__init__([root/'JPEGImages'/f'{n}.jpg' for n in names], [root/label_dir/f'{n}.png' for n in names], names, info, where=str(root))
+        super().__init__([root/'JPEGImages'/f'{n}.jpg' for n in names], [root/label_dir/f'{n}.png' for n in names],
+                         names, info, where=str(root))
 
 # %% ../nbs/00a_datasets.ipynb #5dca11de
-CITYSCAPES_LAYOUT = "ROOT/leftImg8bit/<split>/<city>/<x>_leftImg8bit.png, ROOT/gtFine/<split>/<city>/<x>_gtFine_labelIds.png"
+CITYSCAPES_LAYOUT = ("ROOT/leftImg8bit/<split>/<city>/<x>_leftImg8bit.png, "
+                     "ROOT/gtFine/<split>/<city>/<x>_gtFine_labelIds.png")
 
 class CityscapesDataset(SegDataset):
     "Cityscapes fine annotations mapped to the 19 train ids."
     def __init__(self, root, split='train'):
         root = _need_dir(root, 'Cityscapes', CITYSCAPES_LAYOUT)
         idir = root/'leftImg8bit'/split
-        if not idir.is_dir(): raise FileNotFoundError(f"{idir}: folder missing; expected the layout {CITYSCAPES_LAYOUT}")
+        if not idir.is_dir():
+            raise FileNotFoundError(f"{idir}: folder missing; expected the layout {CITYSCAPES_LAYOUT}")
         images = sorted(idir.glob('*/*_leftImg8bit.png'))
         names = [f"{p.parent.name}/{p.name[:-len('_leftImg8bit.png')]}" for p in images]
         labels = [root/'gtFine'/split/f'{n}_gtFine_labelIds.png' for n in names]
@@ -187,7 +207,8 @@ CAMVID_LAYOUT = ("ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.pn
 def _camvid_info(root):
     f = root/'classes.json'
     if not f.is_file(): return DatasetInfo('camvid', CAMVID_CLASSES, CAMVID_PALETTE)
-    cls = sorted((c for c in json.loads(f.read_text()) if c['id'] != 255), key=lambda c: c['id'])   # 255 = void, not a class
+    # 255 = void, not a class
+    cls = sorted((c for c in json.loads(f.read_text()) if c['id'] != 255), key=lambda c: c['id'])
     return DatasetInfo('camvid', [c['name'] for c in cls], [tuple(c['color']) for c in cls])
 
 class CamVidDataset(SegDataset):
@@ -199,10 +220,13 @@ class CamVidDataset(SegDataset):
         if (root/'images'/split).is_dir():
             lf = root/f'{split}.txt'
             names = read_list(lf) if lf.is_file() else sorted(p.stem for p in (root/'images'/split).glob('*.jpg'))
-            images = [root/'images'/split/f'{n}.jpg' for n in names]; labels = [root/'labels'/split/f'{n}.png' for n in names]
+            images = [root/'images'/split/f'{n}.jpg' for n in names]
+            labels = [root/'labels'/split/f'{n}.png' for n in names]
         elif (root/split).is_dir() and (root/f'{split}annot').is_dir():
-            images = sorted((root/split).glob('*.png')); names = [p.stem for p in images]
-            labels = [root/f'{split}annot'/p.name for p in images]; lut = label_lut({i: i for i in range(11)}, 11)
+            images = sorted((root/split).glob('*.png'))
+            names = [p.stem for p in images]
+            labels = [root/f'{split}annot'/p.name for p in images]
+            lut = label_lut({i: i for i in range(11)}, 11)
         else: raise FileNotFoundError(f"{root}: no CamVid split {split!r} here; expected the layout {CAMVID_LAYOUT}")
         super().__init__(images, labels, names, info, lut=lut, where=str(root))
 
@@ -214,7 +238,8 @@ def _read_classes(classes):
     if isinstance(classes, (str, Path)):
         p = Path(classes)
         if not p.is_file(): raise DatasetError(f"{p}: class list file not found")
-        classes = json.loads(p.read_text()) if p.suffix == '.json' else [l.strip() for l in p.read_text().splitlines() if l.strip()]
+        classes = json.loads(p.read_text()) if p.suffix == '.json' else [l.strip() for l in p.read_text().splitlines()
+                                                                         if l.strip()]
     if classes and isinstance(classes[0], dict): return _class_records(classes)
     return list(classes), voc_palette(len(classes))
 
@@ -230,7 +255,8 @@ def _class_records(recs):
 def _pick(images, names, where):
     "The images named in `names` (stems, or a list file of them), in that order."
     names = read_list(names) if isinstance(names, (str, Path)) else list(names)
-    by = {p.stem: p for p in images}; missing = [n for n in names if n not in by]
+    by = {p.stem: p for p in images}
+    missing = [n for n in names if n not in by]
     if missing: raise DatasetError(f"{where}: {len(missing)} listed names have no image, e.g. {missing[:3]}")
     return [by[n] for n in names]
 
@@ -245,16 +271,18 @@ class FolderDataset(SegDataset):
         images = sorted(p for p in idir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if names is not None: images = _pick(images, names, names if isinstance(names, (str, Path)) else idir)
         self.label_dir = label_dir
-        labels = [None if label_dir is None or not (Path(label_dir)/f'{p.stem}.png').is_file() else Path(label_dir)/f'{p.stem}.png' for p in images]
+        labels = [None if label_dir is None or not (Path(label_dir)/f'{p.stem}.png').is_file()
+                  else Path(label_dir)/f'{p.stem}.png' for p in images]
         info = DatasetInfo(name, names_, [tuple(c) for c in (palette or pal)])
         super().__init__(images, labels, [p.stem for p in images], info, where=str(idir))
 
 # %% ../nbs/00a_datasets.ipynb #7d5159ea
-FOLDER_LAYOUT = "ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.png (--image-dir, --label-dir, --split-list)"
+FOLDER_LAYOUT = ("ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.png "
+                 "(--image-dir, --label-dir, --split-list)")
 
 def folder_split(root, split='train', classes=None, image_dir='images/{split}', label_dir='labels/{split}',
                  split_list=''):
-    "The `split` of a folder dataset: images in `root/image_dir`, labels in `root/label_dir`, optionally a list's names."
+    "The `split` of a folder dataset: images in `root/image_dir`, labels in `root/label_dir`, optionally listed names."
     root = _need_dir(root, 'folder dataset', FOLDER_LAYOUT)
     if not classes: raise DatasetError(f"{root}: a folder dataset needs a class list (--classes CLASSES.json)")
     idir, ldir = (root/d.format(split=split) for d in (image_dir, label_dir))
@@ -270,7 +298,8 @@ _SYNTH_SPLIT = {'train': 0, 'val': 1, 'test': 2}
 def get_dataset(name:str, root=None, split:str='train', **kw):
     "A dataset by name: 'synthetic', 'voc', 'cityscapes', 'camvid' or 'folder' (see `folder_split`)."
     name = name.lower()
-    if name == 'synthetic': return SyntheticScenes(**{**kw, 'seed': kw.get('seed', 0) + 1_000_003 * _SYNTH_SPLIT[split]})
+    if name == 'synthetic':
+        return SyntheticScenes(**{**kw, 'seed': kw.get('seed', 0) + 1_000_003 * _SYNTH_SPLIT[split]})
     if root is None and name == 'camvid': root = shared_dir()/'data'/'camvid'
     if name == 'voc': return VOCDataset(root, {'train': 'trainaug'}.get(split, split), **kw)
     if name in ('cityscapes', 'city'): return CityscapesDataset(root, split, **kw)
@@ -286,7 +315,9 @@ def _check_header(img, lab):
         if p is None: continue
         if not Path(p).is_file(): raise DatasetError(f"{p}: {what} file not found")
         try:
-            with Image.open(p) as im: sizes.append(im.size[::-1]); mode = im.mode
+            with Image.open(p) as im:
+                sizes.append(im.size[::-1])
+                mode = im.mode
         except Exception as e: raise DatasetError(f"{p}: unreadable {what} ({type(e).__name__}: {e})") from e
     if lab is not None and mode not in ('L', 'P', 'RGB', 'RGBA', 'I', 'I;16'):
         raise DatasetError(f"{lab}: label must be one channel (mode L or P), got mode {mode}")
@@ -305,7 +336,8 @@ def _check_one(ds, i, full=True, need_label=False):
 def _base(ds):
     "(base dataset, indices into it) of a dataset or a (nested) `Subset`."
     if not isinstance(ds, Subset): return ds, list(range(len(ds)))
-    b, idx = _base(ds.dataset); return b, [idx[i] for i in ds.indices]
+    b, idx = _base(ds.dataset)
+    return b, [idx[i] for i in ds.indices]
 
 def check_files(ds, mode:str='full', need_labels:bool=False, rank:int=0, world_size:int=1, workers:int=None) -> list:
     "One line per bad sample (file: problem) in this rank's share of `ds`; [] for in-memory datasets or `mode='off'`."

@@ -25,18 +25,21 @@ def reset_shortcuts(encoder):
         if not name.endswith('downsample'): continue
         for c in m.modules():
             if isinstance(c, nn.Conv2d): nn.init.kaiming_normal_(c.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(c, nn.BatchNorm2d): c.reset_parameters(); c.reset_running_stats()
+            elif isinstance(c, nn.BatchNorm2d):
+                c.reset_parameters()
+                c.reset_running_stats()
     return encoder
 
 # %% ../nbs/04_eln.ipynb #64048417
 class ELN(nn.Module):
-    "Error localization network: (image [B,3,H,W] normalised, logits [B,C,h,w]) -> [B,out_channels,H/4,W/4], logit of 'correct'"
+    "Error localization network: (normalised image [B,3,H,W], logits [B,C,h,w]) -> logit of 'correct' [B,1,H/4,W/4]"
     def __init__(self, num_classes, backbone='resnet34', output_stride=16, pretrained=None, out_channels=1,
                  copy_rgb=False,          # Deviation: start conv1 from the RGB filters (official: fresh init)
                  dilate=True,             # False: official (layer4 of the BasicBlock ResNet is not dilated)
                  random_shortcuts=False): # True: official (projection shortcuts not loaded from ImageNet)
         super().__init__()
-        self.encoder = ResNetEncoder(resnet_depth(backbone), output_stride, multi_grid=False, in_channels=3 + 1 + num_classes,
+        self.encoder = ResNetEncoder(resnet_depth(backbone), output_stride, multi_grid=False,
+                                     in_channels=3 + 1 + num_classes,
                                      pretrained=pretrained, copy_rgb=copy_rgb, dilate=dilate)
         if random_shortcuts: reset_shortcuts(self.encoder)
         self.decoder = Decoder(out_channels, self.encoder.high_channels, self.encoder.low_channels, output_stride,
@@ -55,7 +58,7 @@ def _per_chunk(bn, forward, J, x): return torch.cat([forward(bn, c) for c in x.c
 
 @contextlib.contextmanager
 def per_source_bn(module:nn.Module, J:int):
-    "Inside: each train-mode BatchNorm of `module` normalises the J equal slices of its batch [J*B,...] separately, in order."
+    "Inside: each train-mode BatchNorm of `module` normalises the J equal slices of its batch [J*B,...] one by one."
     bns = [b for b in module.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.training]
     for b in bns: b.forward = functools.partial(_per_chunk, b, type(b).forward, J)
     try: yield module

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled, read_split,
+from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
+                         read_split,
                          shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
@@ -40,14 +41,19 @@ def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
         e = None if eln is None else resize_to(eln(x, z, dropout=False).float(), x.shape[-2:])
         return resize_to(z.float(), x.shape[-2:]), e
     (H, W), (wh, ww) = x.shape[-2:], window
-    pad = (0, max(0, ww - W), 0, max(0, wh - H)); xp = F.pad(x, pad)
-    Hp, Wp = xp.shape[-2:]; wh, ww = min(wh, Hp), min(ww, Wp)
+    pad = (0, max(0, ww - W), 0, max(0, wh - H))
+    xp = F.pad(x, pad)
+    Hp, Wp = xp.shape[-2:]
+    wh, ww = min(wh, Hp), min(ww, Wp)
     z_sum, e_sum, cnt = None, None, xp.new_zeros(1, 1, Hp, Wp)
     for i in _windows(Hp, wh, max(1, int(wh * (1 - overlap)))):
         for j in _windows(Wp, ww, max(1, int(ww * (1 - overlap)))):
             zw, ew = predict(net, xp[..., i:i+wh, j:j+ww], eln)
-            if z_sum is None: z_sum = xp.new_zeros(x.shape[0], zw.shape[1], Hp, Wp, dtype=torch.float32); e_sum = None if ew is None else xp.new_zeros(x.shape[0], 1, Hp, Wp, dtype=torch.float32)
-            z_sum[..., i:i+wh, j:j+ww] += zw; cnt[..., i:i+wh, j:j+ww] += 1
+            if z_sum is None:
+                z_sum = xp.new_zeros(x.shape[0], zw.shape[1], Hp, Wp, dtype=torch.float32)
+                e_sum = None if ew is None else xp.new_zeros(x.shape[0], 1, Hp, Wp, dtype=torch.float32)
+            z_sum[..., i:i+wh, j:j+ww] += zw
+            cnt[..., i:i+wh, j:j+ww] += 1
             if ew is not None: e_sum[..., i:i+wh, j:j+ww] += ew
     z = (z_sum / cnt)[..., :H, :W]
     return z, None if e_sum is None else (e_sum / cnt)[..., :H, :W]
@@ -57,7 +63,8 @@ def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
 def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), amp=None, mode:str='full',
              window=(321, 321), eln_threshold:float=0.5, channels_last:bool=False, teacher:bool=True) -> dict:
     "Student (and teacher) mIoU, per-class IoU, pixel accuracy and the ELN's error-localization P/R/F1 over `loader`."
-    was = m.training; m.eval()
+    was = m.training
+    m.eval()
     cms = {'student': ConfusionMatrix(info.num_classes), 'teacher': ConfusionMatrix(info.num_classes)}
     el, has_eln = ErrorLocalizationMeter(), m.eln is not None and m.filter == 'eln'
     thr = math.log(eln_threshold / (1 - eln_threshold))
@@ -68,15 +75,17 @@ def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), 
                 if channels_last: x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     z, e = predict(m.student, x, m.eln if has_eln else None, mode, window)
-                    cms['student'].update(z, y); 
+                    cms['student'].update(z, y)
                     if has_eln: el.update(e[:, 0] <= thr, z, y)   # error where sigmoid <= threshold
                     if teacher: cms['teacher'].update(predict(m.teacher, x, None, mode, window)[0], y)
     finally: m.train(was)
     for c in cms.values(): c.all_reduce_()
-    el.all_reduce_(); s = el.compute() if has_eln else {}
+    el.all_reduce_()
+    s = el.compute() if has_eln else {}
     iou = lambda c: {n: round(float(v), 6) for n, v in zip(info.classes, c.iou())}
     return {'student_miou': cms['student'].miou(), 'teacher_miou': cms['teacher'].miou() if teacher else math.nan,
             'pixel_accuracy': cms['student'].pixel_accuracy(), 'per_class_iou': iou(cms['student']),
             'teacher_per_class_iou': iou(cms['teacher']) if teacher else {},
-            'eln_precision': s.get('precision', math.nan), 'eln_recall': s.get('recall', math.nan), 'eln_f1': s.get('f1', math.nan),
+            'eln_precision': s.get('precision', math.nan), 'eln_recall': s.get('recall', math.nan),
+            'eln_f1': s.get('f1', math.nan),
             'eln_f1_pooled': s.get('f1_total', math.nan), 'mode': mode}

@@ -54,9 +54,12 @@ def eln_loss(eln_logits:torch.Tensor, # [B,1,h,w] (or [B,h,w]) ELN logits of "th
     return (w * bce).sum() / counted.sum().clamp(min=1)
 
 # %% ../nbs/05_losses.ipynb #0c383900
-def pseudo_label_loss(student_logits:torch.Tensor, # [B,C,h',w'] student logits (resized to the teacher's size if needed)
-                      teacher_logits:torch.Tensor, # [B,C,h,w] teacher logits; their argmax is the pseudo label (no gradient)
-                      keep:torch.Tensor=None) -> torch.Tensor: # [B,h,w] bool, pixels whose pseudo label is trusted; None = all
+# [B,C,h',w'] student logits (resized to the teacher's size if needed)
+def pseudo_label_loss(student_logits:torch.Tensor,
+                      # [B,C,h,w] teacher logits; their argmax is the pseudo label (no gradient)
+                      teacher_logits:torch.Tensor,
+                      # [B,h,w] bool, pixels whose pseudo label is trusted; None = all
+                      keep:torch.Tensor=None) -> torch.Tensor:
     "Cross-entropy of the student against the teacher's argmax on kept pixels; 0 (never NaN) when nothing is kept."
     pseudo = teacher_logits.detach().argmax(1)
     s = resize_to(student_logits, pseudo.shape[-2:]).float()
@@ -69,7 +72,8 @@ def pseudo_label_loss(student_logits:torch.Tensor, # [B,C,h',w'] student logits 
 def _window_contrast(t, s, y, k, C, tau):
     "Mean over present classes of l_c in one window: t,s [V,D] normalised, y [V] class ids, k [V] kept (0/1 float)."
     Y = F.one_hot(y, C).to(t.dtype) * k[:, None]                       # [V,C] kept one-hot
-    G = torch.exp((t / tau) @ s.T)                                     # [V,V] anchors (rows) x positives/negatives (cols); /tau on [V,D], not [V,V]
+    # [V,V] anchors (rows) x positives/negatives (cols); /tau on [V,D], not [V,V]
+    G = torch.exp((t / tau) @ s.T)
     GY = G @ torch.cat([Y, k[:, None] - Y], 1)                         # [V,2C]: sums over A_c and over V \ A_c
     P, N = (Y * GY[:, :C]).sum(0), (Y * GY[:, C:]).sum(0)              # [C], [C]
     n = Y.sum(0)                                                       # [C] |A_c|
@@ -90,15 +94,18 @@ def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,D,h,w] teacher embedding
                            keep:torch.Tensor, # [B,h,w] bool, kept pixels (the ELN mask)
                            tau:float=0.5, windows:int=8, window_size:int=32,
                            generator:torch.Generator=None,
-                           compact:bool=None) -> torch.Tensor: # scalar; compact: drop unkept pixels before E (None: on the CPU only)
+                           # scalar; compact: drop unkept pixels before E (None: on the CPU only)
+                           compact:bool=None) -> torch.Tensor:
     "The official windowed, per-class aggregated InfoNCE with teacher anchors and student positives/negatives."
     B, D, H, W = f_teacher.shape
     if f_student.shape != f_teacher.shape or pseudo.shape != (B, H, W) or keep.shape != (B, H, W):
-        raise ValueError(f"shapes differ: {tuple(f_teacher.shape)}, {tuple(f_student.shape)}, {tuple(pseudo.shape)}, {tuple(keep.shape)}")
+        raise ValueError(f"shapes differ: {tuple(f_teacher.shape)}, {tuple(f_student.shape)}, {tuple(pseudo.shape)}, "
+                         f"{tuple(keep.shape)}")
     wh, ww = min(window_size, H), min(window_size, W)
     ys = torch.randint(0, H - wh + 1, (windows,), generator=generator).tolist()
     xs = torch.randint(0, W - ww + 1, (windows,), generator=generator).tolist()
-    if wh == H and ww == W: ys, xs = ys[:1], xs[:1]                      # the window is the whole map: every window is the same
+    # the window is the whole map: every window is the same
+    if wh == H and ww == W: ys, xs = ys[:1], xs[:1]
     keep = keep.bool() & (pseudo != 255) & (pseudo >= 0)
     y = torch.where(keep, pseudo, torch.zeros_like(pseudo)).long()
     C = int(y.max()) + 1

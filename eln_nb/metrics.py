@@ -38,9 +38,11 @@ def confusion_matrix(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] log
     if p.numel() and (p.min() < 0 or p.max() >= n): raise ValueError(f"predictions outside [0,{n}) on labelled pixels")
     return torch.bincount(t * n + p, minlength=n * n).view(n, n)
 
-def iou_from_matrix(mat:torch.Tensor) -> torch.Tensor: # [C] float64, nan where a class is in neither labels nor predictions
+# [C] float64, nan where a class is in neither labels nor predictions
+def iou_from_matrix(mat:torch.Tensor) -> torch.Tensor:
     "Per-class IoU = TP / (TP + FP + FN) from a confusion matrix [C,C]."
-    h = mat.double(); d = h.diag()
+    h = mat.double()
+    d = h.diag()
     return d / (h.sum(1) + h.sum(0) - d)
 
 # %% ../nbs/06_metrics.ipynb #9a0dd44d
@@ -49,17 +51,28 @@ class ConfusionMatrix:
     def __init__(self, num_classes:int, ignore_index:int=255):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    def reset(self): self.mat.zero_(); return self
+    def reset(self):
+        self.mat.zero_()
+        return self
     def update(self, pred, target):
         "Add a batch: pred [B,H,W] indices or [B,C,h,w] logits, target [B,H,W] (labels outside [0,C) skipped)."
         m = confusion_matrix(pred, target, self.num_classes)
-        self.mat = self.mat.to(m.device) + m; return self
-    def iou(self) -> torch.Tensor: "Per-class IoU [C] (float64, nan for 0/0)."; return iou_from_matrix(self.mat)
-    def miou(self) -> float: "nan-mean of the per-class IoU."; return float(self.iou().nanmean())
+        self.mat = self.mat.to(m.device) + m
+        return self
+    def iou(self) -> torch.Tensor:
+        "Per-class IoU [C] (float64, nan for 0/0)."
+        return iou_from_matrix(self.mat)
+    def miou(self) -> float:
+        "nan-mean of the per-class IoU."
+        return float(self.iou().nanmean())
     def pixel_accuracy(self) -> float:
         "Fraction of counted pixels predicted correctly (nan when nothing was counted)."
-        n = int(self.mat.sum()); return int(self.mat.diag().sum()) / n if n else math.nan
-    def all_reduce_(self): "Sum `mat` across DDP ranks in place (no-op without torch.distributed)."; _all_reduce_(self.mat); return self
+        n = int(self.mat.sum())
+        return int(self.mat.diag().sum()) / n if n else math.nan
+    def all_reduce_(self):
+        "Sum `mat` across DDP ranks in place (no-op without torch.distributed)."
+        _all_reduce_(self.mat)
+        return self
 
 # %% ../nbs/06_metrics.ipynb #4c817c52
 def miou(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits
@@ -101,18 +114,26 @@ def _batch_stats(c:torch.Tensor) -> torch.Tensor: # [7]: sums of P, R, F1 per im
 # %% ../nbs/06_metrics.ipynb #9e25a689
 class ErrorLocalizationMeter:
     "Pools error-localization scores over a validation set in one float64 tensor `stats` [7] (mergeable across ranks)."
-    def __init__(self, ignore_index:int=255): self.ignore_index, self.stats = ignore_index, torch.zeros(7, dtype=torch.float64)
-    def reset(self): self.stats.zero_(); return self
+    def __init__(self, ignore_index:int=255):
+        self.ignore_index, self.stats = ignore_index, torch.zeros(7, dtype=torch.float64)
+    def reset(self):
+        self.stats.zero_()
+        return self
     def update(self, error_pred, pred, target):
-        "Add a batch: error_pred [B,H,W] bool (True = predicted error), pred [B,H,W] indices or [B,C,h,w] logits, target [B,H,W]."
+        "Add a batch: error_pred [B,H,W] bool (True: error), pred [B,H,W] indices or [B,C,h,w] logits, target [B,H,W]."
         st = _batch_stats(error_counts(error_pred, pred, target, self.ignore_index))
-        self.stats = self.stats.to(st.device) + st; return self
+        self.stats = self.stats.to(st.device) + st
+        return self
     def compute(self) -> dict:
-        "Image-averaged `precision, recall, f1` and pooled `precision_total, recall_total, f1_total` (floats; nan if no image)."
-        s = self.stats.cpu(); n = s[3].item()
+        "Image means `precision, recall, f1`, pooled `precision_total, recall_total, f1_total` (floats; nan: no image)."
+        s = self.stats.cpu()
+        n = s[3].item()
         vals = [(x / n).item() for x in s[:3]] + [x.item() for x in _prf(s[4], s[5], s[6])] if n else [math.nan] * 6
         return dict(zip(['precision', 'recall', 'f1', 'precision_total', 'recall_total', 'f1_total'], vals))
-    def all_reduce_(self): "Sum `stats` across DDP ranks in place (no-op without torch.distributed)."; _all_reduce_(self.stats); return self
+    def all_reduce_(self):
+        "Sum `stats` across DDP ranks in place (no-op without torch.distributed)."
+        _all_reduce_(self.stats)
+        return self
 
 def error_localization_scores(error_pred, pred, target, ignore_index:int=255) -> dict:
     "Error-localization precision/recall/F1 of one batch: image-averaged and pooled (see `ErrorLocalizationMeter`)."

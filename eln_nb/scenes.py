@@ -34,11 +34,13 @@ def _stats(x):
 def normalize(x:torch.Tensor # [B,3,H,W] or [3,H,W] float in [0,1]
              ) -> torch.Tensor:
     "ImageNet normalisation `(x - mean) / std`."
-    m, s = _stats(x); return (x - m) / s
+    m, s = _stats(x)
+    return (x - m) / s
 
 def denormalize(x:torch.Tensor) -> torch.Tensor: # [B,3,H,W] or [3,H,W] -> float in [0,1] (not clipped)
     "Inverse of `normalize`."
-    m, s = _stats(x); return x * s + m
+    m, s = _stats(x)
+    return x * s + m
 
 # %% ../nbs/00_scenes.ipynb #6080aba2
 @dataclass
@@ -56,15 +58,20 @@ class DatasetError(ValueError):
 
 # %% ../nbs/00_scenes.ipynb #8c8d2f57
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
-               'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
+               'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
+               'tvmonitor']
 
 def voc_palette(n=256):
     "The PASCAL VOC colour map: bits of the class id interleaved into r, g, b."
     pal = []
     for i in range(n):
-        r = g = b = 0; c = i
+        r = g = b = 0
+        c = i
         for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j); g |= ((c >> 1) & 1) << (7 - j); b |= ((c >> 2) & 1) << (7 - j); c >>= 3
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
         pal.append((r, g, b))
     return pal
 
@@ -79,7 +86,8 @@ def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> d
     for a, b in twins:
         for k in ('amp', 'cdir', 'noise'): st[k][b] = st[k][a]
         st['colour'][b] = st['colour'][a] + twin_gap * 14 * unit(r.normal(size=3))
-        st['period'][b] = st['period'][a] * (1 + 0.2 * twin_gap); st['theta'][b] = st['theta'][a] + 0.25 * twin_gap
+        st['period'][b] = st['period'][a] * (1 + 0.2 * twin_gap)
+        st['theta'][b] = st['theta'][a] + 0.25 * twin_gap
     st = {k: v.astype(np.float32) for k, v in st.items()}
     st['twins'] = twins
     return st
@@ -87,11 +95,16 @@ def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> d
 # %% ../nbs/00_scenes.ipynb #f43b9eb0
 def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5) -> np.ndarray: # int64 [H,W]
     "Paint 2..max_shapes random ellipses/rectangles/diamonds of classes 1..C-1 over background 0."
-    lab = np.zeros(yy.shape, np.int64); s = min(yy.shape)
+    lab = np.zeros(yy.shape, np.int64)
+    s = min(yy.shape)
     for _ in range(r.integers(2, max_shapes + 1)):
-        c = r.integers(1, num_classes); cy, cx = r.uniform(0, yy.shape[0]), r.uniform(0, yy.shape[1])
-        ry, rx = r.uniform(0.08, 0.3, 2) * s; a = r.uniform(0, np.pi); kind = r.integers(0, 3)
-        R = max(rx, ry); y0, y1 = max(0, int(cy - R)), min(yy.shape[0], int(cy + R) + 2)   # work in the bounding box
+        c = r.integers(1, num_classes)
+        cy, cx = r.uniform(0, yy.shape[0]), r.uniform(0, yy.shape[1])
+        ry, rx = r.uniform(0.08, 0.3, 2) * s
+        a = r.uniform(0, np.pi)
+        kind = r.integers(0, 3)
+        R = max(rx, ry)
+        y0, y1 = max(0, int(cy - R)), min(yy.shape[0], int(cy + R) + 2)   # work in the bounding box
         x0, x1 = max(0, int(cx - R)), min(yy.shape[1], int(cx + R) + 2)
         X, Y = xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy
         u, v = np.abs((X * np.cos(a) + Y * np.sin(a)) / rx), np.abs((Y * np.cos(a) - X * np.sin(a)) / ry)
@@ -101,8 +114,10 @@ def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5
 
 def render_textures(r:np.random.Generator, lab, yy, xx, st:dict) -> np.ndarray: # uint8 [H,W,3]
     "Texture every pixel by its class (stripes + noise), then a random gain, colour cast and illumination ramp."
-    C = len(st['period']); ph = r.uniform(0, 2 * np.pi, C)
-    tab = np.column_stack([np.cos(st['theta']), np.sin(st['theta']), 2 * np.pi / st['period'], ph, st['amp'], st['noise'],
+    C = len(st['period'])
+    ph = r.uniform(0, 2 * np.pi, C)
+    tab = np.column_stack([np.cos(st['theta']), np.sin(st['theta']), 2 * np.pi / st['period'], ph, st['amp'],
+                           st['noise'],
                            st['colour'], st['cdir']]).astype(np.float32)      # [C,12] per-class parameters
     p = tab[lab]                                                             # [H,W,12], one gather
     s = np.sin((xx * p[..., 0] + yy * p[..., 1]) * p[..., 2] + p[..., 3]) * p[..., 4]
@@ -122,7 +137,8 @@ class SyntheticScenes(Dataset):
         self.styles = synthetic_styles(num_classes, style_seed, twin_gap)
         self.yy, self.xx = (g.astype(np.float32) for g in np.mgrid[0:self.size[0], 0:self.size[1]])
         twin_of = {b: a for a, b in self.styles['twins']}
-        names = ['background'] + [f'class{c}' if c not in twin_of else f'class{twin_of[c]}_twin' for c in range(1, num_classes)]
+        names = ['background'] + [f'class{c}' if c not in twin_of else f'class{twin_of[c]}_twin'
+                                  for c in range(1, num_classes)]
         self.info = DatasetInfo('synthetic', names, voc_palette(num_classes))
     def __len__(self): return self.n
     def __getitem__(self, i):
@@ -130,15 +146,19 @@ class SyntheticScenes(Dataset):
         r = np.random.default_rng([self.seed, i, 1])
         lab = draw_shapes(r, self.yy, self.xx, self.info.num_classes, self.max_shapes)
         img = render_textures(r, lab, self.yy, self.xx, self.styles)
-        return {'image': tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)), 'label': tv_tensors.Mask(torch.from_numpy(lab)),
+        return {'image': tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)),
+                'label': tv_tensors.Mask(torch.from_numpy(lab)),
                 'name': f'synthetic_{self.seed}_{i:05d}'}
 
 # %% ../nbs/00_scenes.ipynb #ee902307
 class RandomScale(v2.Transform):
     "Resize by one factor drawn uniformly from `scale_range` (masks with nearest neighbour)."
-    def __init__(self, scale_range=(0.5, 2.0)): super().__init__(); self.scale_range = scale_range
+    def __init__(self, scale_range=(0.5, 2.0)):
+        super().__init__()
+        self.scale_range = scale_range
     def make_params(self, flat_inputs):
-        h, w = v2.query_size(flat_inputs); s = float(torch.empty(()).uniform_(*self.scale_range))
+        h, w = v2.query_size(flat_inputs)
+        s = float(torch.empty(()).uniform_(*self.scale_range))
         return dict(size=[max(1, round(h * s)), max(1, round(w * s))])
     def transform(self, inpt, params): return self._call_kernel(TF.resize, inpt, params['size'], antialias=True)
 
@@ -162,7 +182,8 @@ def cutmix_box(h:int, w:int, p:float=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)
     "With probability p, a random box (area fraction in `area`, aspect in `ratio`); else all False."
     box = torch.zeros(h, w, dtype=torch.bool)
     if float(torch.rand(())) >= p: return box
-    a = float(torch.empty(()).uniform_(*area)) * h * w; r = math.exp(float(torch.empty(()).uniform_(math.log(ratio[0]), math.log(ratio[1]))))
+    a = float(torch.empty(()).uniform_(*area)) * h * w
+    r = math.exp(float(torch.empty(()).uniform_(math.log(ratio[0]), math.log(ratio[1]))))
     bh, bw = min(h, max(1, round(math.sqrt(a / r)))), min(w, max(1, round(math.sqrt(a * r))))
     y, x = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
     box[y:y + bh, x:x + bw] = True
@@ -185,7 +206,8 @@ class LabelledView:
         if official: crop, scale, resize = None, None, resize or 505
         self.geometry = weak_geometry(crop, scale, hflip, resize)
     def __call__(self, sample):
-        if sample['label'] is None: raise DatasetError(f"{sample['name']}: LabelledView needs a label, and this sample has none")
+        if sample['label'] is None:
+            raise DatasetError(f"{sample['name']}: LabelledView needs a label, and this sample has none")
         img, lab = self.geometry(sample['image'], sample['label'])
         return normalize(_to_float(img)), lab.as_subclass(torch.Tensor).long()
 
@@ -195,14 +217,16 @@ class UnlabelledViews:
     def __init__(self, crop=321, scale=(0.5, 2.0), hflip=True, resize=None, official=False,
                  jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2, blur=0.0, cutmix=0.0):
         if official: crop, scale, resize = None, None, resize or 505
-        self.geometry, self.photometric = weak_geometry(crop, scale, hflip, resize), strong_photometric(jitter, grayscale, blur)
+        self.geometry, self.photometric = weak_geometry(crop, scale, hflip, resize), strong_photometric(jitter,
+                                                                                                        grayscale, blur)
         self.cutmix = cutmix
         self.keys = ('weak', 'strong', 'label') + (('box',) if cutmix else ())
     def __call__(self, sample):
         img, lab = sample['image'], sample['label']
         if lab is None: lab = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
         img, lab = self.geometry(img, lab)
-        x = _to_float(img); strong = self.photometric(tv_tensors.Image(x.clone())).as_subclass(torch.Tensor)
+        x = _to_float(img)
+        strong = self.photometric(tv_tensors.Image(x.clone())).as_subclass(torch.Tensor)
         out = (normalize(x), normalize(strong), lab.as_subclass(torch.Tensor).long())
         return out + (cutmix_box(*x.shape[-2:], p=self.cutmix),) if self.cutmix else out
 
@@ -210,7 +234,8 @@ class UnlabelledViews:
 def colorize(label:torch.Tensor, # int64 [H,W]
              palette) -> np.ndarray: # uint8 [H,W,3]
     "Label -> RGB with `palette`; 255 (ignore) in VOC's void colour (224,224,192)."
-    pal = np.full((256, 3), (224, 224, 192), np.uint8); pal[:len(palette)] = np.asarray(palette, np.uint8)
+    pal = np.full((256, 3), (224, 224, 192), np.uint8)
+    pal[:len(palette)] = np.asarray(palette, np.uint8)
     return pal[np.asarray(label).clip(0, 255)]
 
 def show_views(dataset, idxs=(0, 1, 2, 3), view=None, seed:int=0):
@@ -221,10 +246,14 @@ def show_views(dataset, idxs=(0, 1, 2, 3), view=None, seed:int=0):
     vd, pal = ViewDataset(dataset, view), dataset.info.palette
     fig, axs = plt.subplots(len(idxs), 5, figsize=(10, 2 * len(idxs)), squeeze=False, dpi=60)
     for r, i in enumerate(idxs):
-        s = dataset[i]; w, st, l = vd[(i, sample_seed(seed, 0, i))][:3]
+        s = dataset[i]
+        w, st, l = vd[(i, sample_seed(seed, 0, i))][:3]
         ims = [s['image'].permute(1, 2, 0), colorize(s['label'], pal) if s['label'] is not None else None,
-               denormalize(w).clamp(0, 1).permute(1, 2, 0), denormalize(st).clamp(0, 1).permute(1, 2, 0), colorize(l, pal)]
+               denormalize(w).clamp(0, 1).permute(1, 2, 0), denormalize(st).clamp(0, 1).permute(1, 2, 0),
+               colorize(l, pal)]
         for ax, im, t in zip(axs[r], ims, ['image', 'label', 'weak view', 'strong view', 'view label']):
-            ax.axis('off'); ax.set_title(t if r == 0 else '', fontsize=9)
+            ax.axis('off')
+            ax.set_title(t if r == 0 else '', fontsize=9)
             if im is not None: ax.imshow(np.asarray(im))
-    fig.tight_layout(); return fig
+    fig.tight_layout()
+    return fig

@@ -28,7 +28,8 @@ def nested_splits(names, ns=(4, 8, 20), seed:int=0) -> dict:
     names = list(names)
     if len(set(names)) != len(names): raise DatasetError("split pool has duplicate names")
     if not names: raise DatasetError("empty split pool")
-    perm = np.random.default_rng(seed).permutation(len(names)); out = {}
+    perm = np.random.default_rng(seed).permutation(len(names))
+    out = {}
     for n in ns:
         if n < 1: raise ValueError(f"1/n needs n >= 1, got {n}")
         chosen = set(perm[:max(1, int(len(names) // n))].tolist())
@@ -42,20 +43,25 @@ def split_labelled(names, n, seed:int=0):
 # %% ../nbs/00b_splits.ipynb #902d1570
 def write_split(dir, n, i, labelled, unlabelled):
     "Write `{n}_labeled_{i}.txt` and `{n}_unlabeled_{i}.txt` into `dir`; returns the two paths."
-    d = Path(dir); d.mkdir(parents=True, exist_ok=True)
+    d = Path(dir)
+    d.mkdir(parents=True, exist_ok=True)
     paths = d/f'{n}_labeled_{i}.txt', d/f'{n}_unlabeled_{i}.txt'
     for p, names in zip(paths, (labelled, unlabelled)): p.write_text(''.join(f'{x}\n' for x in names))
     return paths
 
 def read_split(dir, n, i):
     "(labelled, unlabelled) names from the official list files; raises on a missing/empty file or an overlap."
-    d = Path(dir); lab = read_list(d/f'{n}_labeled_{i}.txt'); unl = read_list(d/f'{n}_unlabeled_{i}.txt', allow_empty=True)
+    d = Path(dir)
+    lab = read_list(d/f'{n}_labeled_{i}.txt')
+    unl = read_list(d/f'{n}_unlabeled_{i}.txt', allow_empty=True)
     both = set(lab) & set(unl)
-    if both: raise DatasetError(f"{d}/{n}_labeled_{i}.txt: {len(both)} names are also unlabelled, e.g. {sorted(both)[:3]}")
+    if both:
+        raise DatasetError(f"{d}/{n}_labeled_{i}.txt: {len(both)} names are also unlabelled, e.g. {sorted(both)[:3]}")
     return lab, unl
 
 def check_split(labelled, unlabelled, pool):
     "Raise unless labelled and unlabelled are disjoint and together are exactly `pool`."
     l, u, p = set(labelled), set(unlabelled), set(pool)
     if l & u: raise DatasetError(f"split: {len(l & u)} names both labelled and unlabelled")
-    if (l | u) != p: raise DatasetError(f"split: {len(p - l - u)} pool names missing, {len((l | u) - p)} names not in the pool")
+    if (l | u) != p:
+        raise DatasetError(f"split: {len(p - l - u)} pool names missing, {len((l | u) - p)} names not in the pool")

@@ -33,8 +33,10 @@ class ELNModels(nn.Module):
         self.aux = self.eln = None
         if filter in ('eln', 'ecn'):
             enc = self.student.encoder
-            self.aux = AuxDecoders(num_classes, k, enc.high_channels, enc.low_channels, output_stride, 128 if aux_proj else None)
-            self.eln = ELN(num_classes, eln_backbone, output_stride, eln_pretrained, num_classes if filter == 'ecn' else 1,
+            self.aux = AuxDecoders(num_classes, k, enc.high_channels, enc.low_channels, output_stride,
+                                   128 if aux_proj else None)
+            self.eln = ELN(num_classes, eln_backbone, output_stride, eln_pretrained,
+                           num_classes if filter == 'ecn' else 1,
                            copy_rgb=eln_copy_rgb, dilate=eln_dilate, random_shortcuts=eln_random_shortcuts)
         for mod in self.modules():
             if isinstance(mod, Dropout): mod.fast = fast_dropout
@@ -53,8 +55,10 @@ class MethodConfig:
     window_size: int = 32             # contrastive window side, on the stride-4 maps
     lambda_st: float = 1.0            # weight of each self-training CE term
     lambda_con: float = 1.0           # weight of each contrastive term
-    eln_batched: bool = False         # Deviation if True: one ELN forward over the K+1 predictions, BatchNorm pooled over them
-    eln_stack: bool = True            # one ELN forward over the K+1 predictions with BatchNorm per source (False: K+1 calls)
+    # Deviation if True: one ELN forward over the K+1 predictions, BatchNorm pooled over them
+    eln_batched: bool = False
+    # one ELN forward over the K+1 predictions with BatchNorm per source (False: K+1 calls)
+    eln_stack: bool = True
     eln_reuse_preds: bool = True      # Deviation: the ELN judges the training forward's predictions (official: False)
 
 # %% ../nbs/07_stage1.ipynb #4574fa2d
@@ -74,7 +78,9 @@ def aux_losses(m:ELNModels, high, low, y, l_sup, cfg:MethodConfig=MethodConfig()
         l = sup_loss(z_k, y, cfg.ignore_index)
         on = bool(l.detach() >= alpha * l_sup.detach())       # the official `if l_k >= alpha_k * L_sup`
         if on: l_aux = l_aux + l
-        l_k.append(l.detach()); preds.append(z_k.detach()); active.append(on)
+        l_k.append(l.detach())
+        preds.append(z_k.detach())
+        active.append(on)
     return l_aux, l_k, preds, active
 
 # %% ../nbs/07_stage1.ipynb #3b6d250f
@@ -114,7 +120,8 @@ def labelled_terms(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig(), timer
         preds = preds + [z.detach()] if cfg.eln_reuse_preds else official_eln_preds(m, x)
         l_eln = torch.stack(eln_terms(m, x, preds, y, cfg)).sum()
     logs = {'sup': l_sup.detach(), 'aux': l_aux.detach(), 'eln': l_eln.detach(),
-            **{f'aux{k}': l for k, l in enumerate(l_k)}, **{f'aux{k}_on': torch.tensor(float(a)) for k, a in enumerate(on)}}
+            **{f'aux{k}': l for k, l in enumerate(l_k)},
+            **{f'aux{k}_on': torch.tensor(float(a)) for k, a in enumerate(on)}}
     return {'sup': l_sup, 'aux': l_aux, 'eln': l_eln}, logs
 
 def labelled_losses(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig(), timer=untimed):
@@ -142,11 +149,12 @@ def param_groups(m:ELNModels, lr=1e-4, backbone_lr=1e-5, official_frozen_bn=Fals
             {'params': groups['head'], 'lr': lr, 'name': 'head'}]
 
 def fill_zero_grads(opt:torch.optim.Optimizer):
-    "Zero gradient for each parameter that `opt` has stepped before and that got none now (the torch 1.11 `zero_grad` rule)."
+    "Zero gradient for each parameter `opt` has stepped before that got none now (the torch 1.11 `zero_grad` rule)."
     for g in opt.param_groups:
         for p in g['params']:
             if p.grad is None and opt.state.get(p): p.grad = torch.zeros_like(p)
 
 def make_optimizer(m:ELNModels, lr=1e-4, backbone_lr=1e-5, weight_decay=1e-5, official_frozen_bn=False, fused=True):
     "The official AdamW (constant learning rate), fused into one kernel per step where the device supports it."
-    return torch.optim.AdamW(param_groups(m, lr, backbone_lr, official_frozen_bn), weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW(param_groups(m, lr, backbone_lr, official_frozen_bn), weight_decay=weight_decay,
+                             fused=fused)

@@ -40,7 +40,8 @@ def pseudo_labels(m:ELNModels, weak:torch.Tensor, cfg:MethodConfig=MethodConfig(
     keep = torch.ones_like(z_t[:, 0], dtype=torch.bool)
     with timer('eln'):
         if m.filter == 'eln':
-            keep = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])[:, 0].sigmoid() > cfg.eln_threshold
+            keep = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])[:,
+                                                                                      0].sigmoid() > cfg.eln_threshold
         elif m.filter == 'ecn':
             z_t = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])
     if m.filter == 'threshold': keep = z_t.float().softmax(1).amax(1) >= cfg.conf_threshold
@@ -56,7 +57,7 @@ def _diagnostics(z_t, keep, y, cfg) -> dict:
             'pl_acc_all': right.sum() / known.sum().clamp(min=1)}
 
 def unlabelled_terms(m:ELNModels, unlab:dict, cfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
-    "({'st': L_st, 'con': L_con}, the student's embeddings f_s of both views, logs) on {'weak','strong' [B,3,H,W], 'label'}."
+    "({'st': L_st, 'con': L_con}, the student's embeddings f_s of both views, logs) on {'weak', 'strong', 'label'}."
     z_t, f_t, keep = pseudo_labels(m, unlab['weak'], cfg, timer)
     with timer('other'): pseudo = torch.where(keep, z_t.argmax(1), torch.full_like(keep, 255, dtype=torch.long))
     l_st, l_con, feats = 0., 0., []
@@ -80,7 +81,7 @@ def unlabelled_losses(m:ELNModels, unlab:dict, cfg:MethodConfig=MethodConfig(), 
     return cfg.lambda_st * t['st'] + cfg.lambda_con * t['con'], logs
 
 def semi_step(m:ELNModels, lab:dict, unlab:dict, cfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
-    "One stage-2 step: the labelled losses of stage 1 plus self-training and contrast on unlabelled data -> (loss, logs)."
+    "One stage-2 step: stage 1's labelled losses plus self-training and contrast on unlabelled data -> (loss, logs)."
     t, logs = labelled_terms(m, lab, cfg, timer)
     loss = sum(t.values())
     if m.filter == 'supervised': return loss, logs

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled, read_split,
+from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
+                         read_split,
                          shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
@@ -38,7 +39,8 @@ from .evaluate import *
 class StepModule(nn.Module):
     "The method's step as a module, so DDP can wrap it: forward(phase, lab, unlab) -> (loss, logs)."
     def __init__(self, m:ELNModels, mcfg:MethodConfig, generator=None):
-        super().__init__(); self.m, self.mcfg, self.generator = m, mcfg, generator
+        super().__init__()
+        self.m, self.mcfg, self.generator = m, mcfg, generator
     def forward(self, phase, lab, unlab=None):
         if phase == '1a': return stage1.phase1a_step(self.m, lab, self.mcfg)
         if phase == '1b': return stage1.phase1b_step(self.m, lab, self.mcfg)
@@ -46,11 +48,13 @@ class StepModule(nn.Module):
 
 def init_distributed(cfg:TrainConfig):
     "Join the torchrun process group when WORLD_SIZE > 1 -> (rank, world_size, device)."
-    ws, rank, local = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    ws, rank, local = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK',
+                                                                               0)), int(os.environ.get('LOCAL_RANK', 0))
     device = resolve_device(cfg.device, local)
     if device.type == 'cuda': torch.cuda.set_device(device)
     if ws > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', device_id=device if device.type == 'cuda' else None)
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
+                                device_id=device if device.type == 'cuda' else None)
     return rank, ws, device
 
 @torch.no_grad()
@@ -60,7 +64,8 @@ def sync_bn_buffers(m:nn.Module):
     for mod in m.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
             for t in (mod.running_mean, mod.running_var):
-                dist.all_reduce(t); t /= dist.get_world_size()
+                dist.all_reduce(t)
+                t /= dist.get_world_size()
 
 # %% ../nbs/09d_train.ipynb #34334642
 class NonFiniteLossError(FloatingPointError):
@@ -81,7 +86,8 @@ def _to(b:dict, device, cl=False) -> dict:
 
 def param_counts(m:ELNModels) -> dict:
     "Millions of parameters per network."
-    return {n: sum(p.numel() for p in getattr(m, n).parameters()) / 1e6 for n in ('student', 'teacher', 'aux', 'eln') if getattr(m, n) is not None}
+    return {n: sum(p.numel() for p in getattr(m, n).parameters()) / 1e6 for n in ('student', 'teacher', 'aux', 'eln')
+            if getattr(m, n) is not None}
 
 # %% ../nbs/09d_train.ipynb #188970dd
 class Trainer:
@@ -90,16 +96,19 @@ class Trainer:
         self.cfg, self.log, self.t0 = cfg, log, time.time()
         if cfg.threads: torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
-            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8'); torch.use_deterministic_algorithms(True)
+            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+            torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.rank, self.ws, self.device = init_distributed(cfg)
         self.main, self.out, self.sched = self.rank == 0, Path(cfg.out), Schedule.of(cfg)
         self.amp = resolve_amp(cfg.amp, self.device, cfg.official)
         if self.main and self.amp == torch.bfloat16 and self.device.type == 'cpu' and not cpu_has_bf16():
             print(bf16_warning(), file=sys.stderr, flush=True)
-        self.weights = check_weights(cfg)                                    # missing ImageNet weights stop the run here
+        # missing ImageNet weights stop the run here
+        self.weights = check_weights(cfg)
         self.data = build_data(cfg)
-        t = time.time(); n = check_run_files(self.data, cfg, self.rank, self.ws)
+        t = time.time()
+        n = check_run_files(self.data, cfg, self.rank, self.ws)
         if n and self.main: log(f"checked the files of {n} images ({cfg.check_files}) in {time.time() - t:.1f} s")
         torch.manual_seed(cfg.seed)                                          # identical initial weights on every rank
         self.m = build_models(cfg, self.data.info.num_classes)
@@ -113,7 +122,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.rank)    # contrastive windows
         seed = cfg.seed + 1_000_003 * self.rank
-        torch.manual_seed(seed); np.random.seed(seed % 2**32); random.seed(seed)  # dropout etc.: per rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)  # dropout etc.: per rank
         self.it, self.best, self.history = 0, -math.inf, []
         self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
         self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
@@ -122,7 +133,9 @@ class Trainer:
         self.step_mod = StepModule(self.m, method_config(cfg), self.gen)
         self.step = self.step_mod
         if self.ws > 1:
-            self.step = nn.parallel.DistributedDataParallel(self.step_mod, device_ids=[self.device] if self.device.type == 'cuda' else None,
+            self.step = nn.parallel.DistributedDataParallel(self.step_mod,
+                                                            device_ids=[self.device] if self.device.type == 'cuda'
+                                                            else None,
                                                             find_unused_parameters=True, broadcast_buffers=False)
         self.loaders = {}
 
@@ -132,7 +145,8 @@ def _run_stats(self:Trainer) -> dict:
     "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
     ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
     if self._cur is not None:
-        name, t, n0, last = self._cur; b = self.prior['phases'].get(name, {})
+        name, t, n0, last = self._cur
+        b = self.prior['phases'].get(name, {})
         n, secs = b.get('iters', 0) + self.it - n0, b.get('time_s', 0) + time.time() - t
         ph[name] = {**b, **last, 'iters': n, 'time_s': round(secs, 1), 'it_per_s': round(n / max(secs, 1e-9), 3)}
     return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
@@ -145,7 +159,9 @@ def _trim_metrics(self:Trainer):
     if not f.is_file(): return
     keep = [r for r in map(_json_or_none, f.read_text().splitlines()) if r is not None and r.get('iter', 0) <= self.it]
     self._seen = {(r.get('kind'), r.get('iter')) for r in keep}
-    tmp = f.with_name(f.name + '.tmp'); tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep)); os.replace(tmp, f)
+    tmp = f.with_name(f.name + '.tmp')
+    tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep))
+    os.replace(tmp, f)
 
 def _json_or_none(line):
     try: return json.loads(line)
@@ -160,7 +176,7 @@ def _unused(self:Trainer, it=None) -> tuple:
 
 @patch
 def _state(self:Trainer, eval_only=False) -> dict:
-    "The checkpoint of the current state: what resuming needs (random states of every rank), or only evaluation weights."
+    "A checkpoint of the current state: what resuming needs (random states of every rank), or evaluation weights only."
     drop = self._unused() + (('aux.',) if eval_only else ())
     st = {'models': {k: v for k, v in self.m.state_dict().items() if not k.startswith(drop)}, 'iteration': self.it,
           'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'config': asdict(self.cfg),
@@ -170,9 +186,12 @@ def _state(self:Trainer, eval_only=False) -> dict:
     if eval_only: return st
     rng = rng_state(self.gen)
     if self.ws > 1:
-        allr = [None] * self.ws; dist.all_gather_object(allr, rng); rng = allr
+        allr = [None] * self.ws
+        dist.all_gather_object(allr, rng)
+        rng = allr
     else: rng = [rng]
-    return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng, 'world_size': self.ws}
+    return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng,
+            'world_size': self.ws}
 
 @patch
 def _find_resume(self:Trainer, resume):
@@ -188,21 +207,28 @@ def _resume(self:Trainer, resume=None):
     if path is None: return self._branch(self.cfg.init_from) if self.cfg.init_from else None
     ck = load_checkpoint(path, self.device)
     old = config_from_dict(ck['config'])
-    runtime = {'out', 'device', 'num_workers', 'threads', 'progress', 'eval_every', 'ckpt_every', 'keep_every', 'log_every', 'compile',
+    runtime = {'out', 'device', 'num_workers', 'threads', 'progress', 'eval_every', 'ckpt_every', 'keep_every',
+               'log_every', 'compile',
                'check_files', 'keep_prev', 'init_from'}
-    diff = [f.name for f in fields(TrainConfig) if f.name not in runtime and getattr(old, f.name) != getattr(self.cfg, f.name)]
-    if diff and self.main: warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was checkpointed")
+    diff = [f.name for f in fields(TrainConfig) if f.name not in runtime
+            and getattr(old, f.name) != getattr(self.cfg, f.name)]
+    if diff and self.main:
+        warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was "
+                      f"checkpointed")
     if 'optimizer' not in ck:
         raise CheckpointError(f"{path}: weights for evaluation only (best.pt), cannot resume; use last.pt")
     self.it, self.best = int(ck['iteration']), float(ck['best'])
     self._load_models(ck['models'], path)
-    self.opt.load_state_dict(ck['optimizer']); self.scaler.load_state_dict(ck['scaler'])
+    self.opt.load_state_dict(ck['optimizer'])
+    self.scaler.load_state_dict(ck['scaler'])
     run = ck.get('run') or {}
     self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
                   'sessions': run.get('sessions', 1)}
     self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
-    elif self.main: warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are re-seeded")
+    elif self.main:
+        warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are "
+                      f"re-seeded")
     if self.main: self.log(f"resumed from {path} at iteration {self.it}")
     return path
 
@@ -228,9 +254,11 @@ def _branch(self:Trainer, path):
     "Start from another run's checkpoint `path` (see `TrainConfig.init_from`); returns its path."
     path = Path(path)
     ck = load_checkpoint(path, 'cpu')
-    if 'optimizer' not in ck: raise CheckpointError(f"{path}: weights for evaluation only, cannot branch from it; use last.pt")
+    if 'optimizer' not in ck:
+        raise CheckpointError(f"{path}: weights for evaluation only, cannot branch from it; use last.pt")
     it = int(ck['iteration'])
-    if it > self.sched.total: raise CheckpointError(f"{path}: at iteration {it}, past this run's {self.sched.total} iterations")
+    if it > self.sched.total:
+        raise CheckpointError(f"{path}: at iteration {it}, past this run's {self.sched.total} iterations")
     old = config_from_dict(ck['config'])
     keep = [n for n, _ in self.m.named_children() if getattr(self.m, n) is not None]
     sd = {k: v for k, v in ck['models'].items() if k.split('.')[0] in keep}
@@ -238,14 +266,17 @@ def _branch(self:Trainer, path):
     self._load_models(sd, path)
     moments = _optimizer_state_by_name(ck, old, ck['num_classes'])
     for n, p in self.m.named_parameters():
-        if n in moments: self.opt.state[p] = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in moments[n].items()}
+        if n in moments:
+            self.opt.state[p] = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in moments[n].items()}
     self.scaler.load_state_dict(ck['scaler'])
     run = ck.get('run') or {}
-    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0), 'sessions': run.get('sessions', 1)}
+    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
+                  'sessions': run.get('sessions', 1)}
     self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
     dropped = sorted({k.split('.')[0] for k in ck['models']} - set(keep))
-    if self.main: self.log(f"branched from {path} at iteration {it}" + (f" (dropped {', '.join(dropped)})" if dropped else ''))
+    if self.main:
+        self.log(f"branched from {path} at iteration {it}" + (f" (dropped {', '.join(dropped)})" if dropped else ''))
     return path
 
 # %% ../nbs/09d_train.ipynb #0f204ebe
@@ -256,7 +287,8 @@ def _loader(self:Trainer, which):
         c, d = self.cfg, self.data
         ds, bs, view, start = ((d.labelled, c.batch_size, d.lab_view, self.it) if which == 'lab' else
                                (d.unlabelled, c.unlabelled_batch_size, d.unl_view, max(0, self.it - self.sched.warm)))
-        self.loaders[which] = make_loader(ds, bs, c.seed + (which == 'unl'), start, c.num_workers, self.rank, self.ws, view=view,
+        self.loaders[which] = make_loader(ds, bs, c.seed + (which == 'unl'), start, c.num_workers, self.rank, self.ws,
+                                          view=view,
                                           partial_batches=c.partial_batches)
     with torch.random.fork_rng(devices=[]): return _to(next(self.loaders[which]), self.device, self.cl)
 
@@ -265,7 +297,8 @@ def _check_finite(self:Trainer, loss, logs, phase):
     if torch.isfinite(loss): return
     bad = [k for k, v in logs.items() if not torch.isfinite(v).all()] or ['total']
     last = self.out/'last.pt'
-    raise NonFiniteLossError(f"non-finite loss at iteration {self.it} (phase {phase}): term {bad[0]!r} = {float(logs.get(bad[0], loss))}"
+    raise NonFiniteLossError(f"non-finite loss at iteration {self.it} (phase {phase}): term {bad[0]!r} = "
+                             f"{float(logs.get(bad[0], loss))}"
                              f"{' (also ' + ', '.join(bad[1:]) + ')' if bad[1:] else ''}; stopped without saving"
                              + (f"; the last good checkpoint {last} is kept" if last.is_file() else ''))
 
@@ -275,14 +308,18 @@ def train_step(self:Trainer, phase):
     act = self.sched.action(self.it, self.cfg.reset_student)
     if act == 'start_teacher': start_teacher(self.m)
     elif act == 'reset_student': reset_student_to_teacher(self.m)
-    lab = self._loader('lab'); unl = self._loader('unl') if phase == '2' and self.data.unlabelled is not None and self.m.filter != 'supervised' else None  # the supervised baseline never loads unlabelled batches
+    lab = self._loader('lab')
+    # the supervised baseline never loads unlabelled batches
+    wants_unl = phase == '2' and self.data.unlabelled is not None and self.m.filter != 'supervised'
+    unl = self._loader('unl') if wants_unl else None
     with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
         loss, logs = self.step('1b' if phase == '2' and unl is None else phase, lab, unl)
     self._check_finite(loss, logs, phase)
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()
     fill_zero_grads(self.opt)            # AdamW sees what the official torch 1.11 loop gave it (07_stage1)
-    self.scaler.step(self.opt); self.scaler.update()
+    self.scaler.step(self.opt)
+    self.scaler.update()
     if phase == '2': ema_update(self.m.teacher, self.m.student, self.cfg.ema)
     self.it += 1
     return {'loss': loss.detach(), **logs}
@@ -296,7 +333,8 @@ def _writer(self:Trainer):
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 start = getattr(self, '_start_it', 0)
-                self._tb = SummaryWriter(str(self.out/'tb'), purge_step=start + 1 if start else None)   # drop redone steps
+                # drop redone steps
+                self._tb = SummaryWriter(str(self.out/'tb'), purge_step=start + 1 if start else None)
             except Exception: pass
     return self._tb
 
@@ -311,13 +349,15 @@ def _record(self:Trainer, rec:dict):
     tb = self._writer()
     if tb is not None:
         for k, v in rec.items():
-            if isinstance(v, (int, float)) and k != 'iter' and math.isfinite(v): tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, rec['iter'])
+            if isinstance(v, (int, float)) and k != 'iter' and math.isfinite(v):
+                tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, rec['iter'])
 
 @patch
 def validate(self:Trainer, mode='full'):
     "Evaluate student, teacher and ELN on the validation split; update best.pt; returns the scores."
     sync_bn_buffers(self.m)
-    dl = eval_loader(self.data.val, self.cfg.eval_batch_size, self.cfg.num_workers, _size(self.cfg.val_resize), self.rank, self.ws)
+    dl = eval_loader(self.data.val, self.cfg.eval_batch_size, self.cfg.num_workers, _size(self.cfg.val_resize),
+                     self.rank, self.ws)
     r = evaluate(self.m, dl, self.data.info, self.device, self.amp, mode, _size(self.cfg.crop) or (321, 321),
                  self.cfg.eln_threshold, self.cl)
     self._record({'kind': 'val', 'iter': self.it, 'phase': self.sched.phase(max(self.it - 1, 0)),
@@ -338,7 +378,10 @@ def _save_best(self:Trainer, st):
     if getattr(self, '_saved_it', None) == self.it and last.is_file():
         tmp = best.with_name('.best.pt.link')
         try:
-            tmp.unlink(missing_ok=True); os.link(last, tmp); os.replace(tmp, best); return
+            tmp.unlink(missing_ok=True)
+            os.link(last, tmp)
+            os.replace(tmp, best)
+            return
         except OSError: pass                                          # no hard links here: write the weights
     save_checkpoint(st, best, keep_prev=False)
 
@@ -348,7 +391,8 @@ def checkpoint(self:Trainer):
     sync_bn_buffers(self.m)
     st = self._state()
     if not self.main: return
-    save_checkpoint(st, self.out/'last.pt', keep_prev=self.cfg.keep_prev); self._saved_it = self.it
+    save_checkpoint(st, self.out/'last.pt', keep_prev=self.cfg.keep_prev)
+    self._saved_it = self.it
     if self.cfg.keep_every and self.it % self.cfg.keep_every == 0:
         save_checkpoint(st, self.out/f'iter_{self.it:07d}.pt', keep_prev=False)
 
@@ -377,14 +421,19 @@ def fit(self:Trainer) -> dict:
                 last = {k: round(float(v), 4) for k, v in logs.items()}
                 self._cur = (phase, t, n0, last)
                 rate = (self.it - n0) / max(time.time() - t, 1e-9)
-                bar.set_postfix({k: v for k, v in last.items() if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
+                bar.set_postfix({k: v for k, v in last.items()
+                                 if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
                 self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
                               'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
-            if self.it == hi:                                        # the phase's statistics, as its last checkpoint saves them
-                self.phase_stats[phase] = self._run_stats()['phases'][phase]; self._cur = None
-            if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:   # and at the end of stage 1
+            # the phase's statistics, as its last checkpoint saves them
+            if self.it == hi:
+                self.phase_stats[phase] = self._run_stats()['phases'][phase]
+                self._cur = None
+            # and at the end of stage 1
+            if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:
                 self.validate()
-            if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every and self.it % c.keep_every == 0):
+            if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every
+                                                                                   and self.it % c.keep_every == 0):
                 self.checkpoint()
         bar.close()
     return self.finish()
@@ -394,12 +443,16 @@ def finish(self:Trainer) -> dict:
     "Final validation (unless it just ran), report.json and the summary table."
     r = self.last_eval[1] if getattr(self, 'last_eval', (None,))[0] == self.it else self.validate()
     run, m = self._run_stats(), self.cfg.best_metric
-    rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best, 'best_iteration': run['best_iteration'],
-           'stage1_' + m: (run['stage1'] or {}).get(m, math.nan), 'stage1_iteration': (run['stage1'] or {}).get('iteration'),
+    rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best,
+           'best_iteration': run['best_iteration'],
+           'stage1_' + m: (run['stage1'] or {}).get(m, math.nan),
+           'stage1_iteration': (run['stage1'] or {}).get('iteration'),
            'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
            'peak_memory_mb': round(peak_memory_mb(self.device), 1),
-           'device': str(self.device), 'world_size': self.ws, 'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
-           'resumed_from': str(self.resumed_from) if self.resumed_from else None, 'classes': list(self.data.info.classes)}
+           'device': str(self.device), 'world_size': self.ws,
+           'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
+           'resumed_from': str(self.resumed_from) if self.resumed_from else None,
+           'classes': list(self.data.info.classes)}
     if self.main:
         (self.out/'report.json').write_text(json.dumps(rep, indent=1))
         if self._writer() is not None: self._writer().flush()
@@ -418,8 +471,11 @@ def summary_table(rep:dict) -> str:
     for n, v in rep['per_class_iou'].items(): L.append(f"{n:<20}{v:>12.3f}{tch.get(n, math.nan):>12.3f}")
     L.append(f"{'mIoU':<20}{rep['student_miou']:>12.3f}{rep['teacher_miou']:>12.3f}")
     L += [''] + best_lines(rep)
-    L += ['', f"ELN error localization: precision {rep['eln_precision']:.3f}  recall {rep['eln_recall']:.3f}  F1 {rep['eln_f1']:.3f}",
-          f"iterations {rep['iterations']}  wall time {rep['wall_time_s']:.1f} s  peak memory {rep['peak_memory_mb']:.0f} MB  "
+    L += ['',
+          f"ELN error localization: precision {rep['eln_precision']:.3f}  recall {rep['eln_recall']:.3f}  F1 "
+          f"{rep['eln_f1']:.3f}",
+          f"iterations {rep['iterations']}  wall time {rep['wall_time_s']:.1f} s  peak memory "
+          f"{rep['peak_memory_mb']:.0f} MB  "
           f"device {rep['device']} x{rep['world_size']}  amp {rep['amp']}"]
     return '\n'.join(L)
 
@@ -429,7 +485,9 @@ def best_lines(rep:dict) -> list:
     fin, best, s1 = rep.get(m, math.nan), rep.get('best_' + m, math.nan), rep.get('stage1_' + m, math.nan)
     L = [f"validation {m}: final {fin:.3f} (iteration {rep['iterations']}), best {best:.3f} "
          f"(iteration {rep.get('best_iteration')}, in best.pt)"]
-    if fin < s1: L.append(f"WARNING: stage 2 lowered {m} from {s1:.3f} (end of stage 1, iteration {rep.get('stage1_iteration')}) "
+    if fin < s1:
+        L.append(f"WARNING: stage 2 lowered {m} from {s1:.3f} (end of stage 1, iteration "
+                 f"{rep.get('stage1_iteration')}) "
                           f"to {fin:.3f}; best.pt holds the best model")
     return L
 
@@ -452,6 +510,7 @@ def load_checkpoint_models(path, device='cpu'):
     missing, unexpected = m.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.startswith(('teacher.', 'aux.', 'eln.'))] + list(unexpected)
     if bad: raise CheckpointError(f"{path}: weights do not fit the run's networks, e.g. {bad[:3]}")
-    if any(k.startswith('teacher.') for k in missing): m.teacher.load_state_dict(m.student.state_dict())   # not started yet
+    # not started yet
+    if any(k.startswith('teacher.') for k in missing): m.teacher.load_state_dict(m.student.state_dict())
     info = DatasetInfo(cfg.dataset, ck['classes'], [tuple(p) for p in ck['palette']])
     return m.to(device).eval(), cfg, info

@@ -28,8 +28,9 @@ __all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'run_models', 'ImageResult', '
 @torch.no_grad()
 def run_models(m, x:torch.Tensor, # [1,3,H,W] normalised image
                teacher:bool=False) -> tuple: # (logits {decoder: [C,H,W]}, eln logits {decoder: [H,W]})
-    "Every decoder's logits and the ELN's logit of 'correct' on each, at image size; eval mode, no gradients, dropout off."
-    was = m.training; m.eval()
+    "Every decoder's logits and the ELN's logit of 'correct' on each, at image size; eval mode, no gradients."
+    was = m.training
+    m.eval()
     try:
         size, (high, low) = x.shape[-2:], m.student.encode(x)
         zs = {'main': m.student.decode(high, low, dropout=False)[0]}
@@ -52,23 +53,41 @@ class ImageResult:
     logits: dict               # decoder -> [C,H,W] float32 at image size
     eln: dict                  # decoder -> [H,W] ELN logit of 'the prediction is correct' (empty without an ELN)
     ignore_index: int = 255
-    def pred(self, d='main'): "Predicted classes [H,W]."; return self.logits[d].argmax(0)
-    def valid(self): "Labelled pixels [H,W] bool."; return self.label != self.ignore_index
-    def error(self, d='main'): "True error map [H,W] bool: wrong on a labelled pixel."; return (self.pred(d) != self.label) & self.valid()
-    def error_rate(self, d='main'): "Fraction of labelled pixels predicted wrongly."; return self.error(d).sum().item() / max(1, self.valid().sum().item())
-    def entropy(self, d='main'): "Entropy of softmax(logits) in nats [H,W]."; return entropy_map(self.logits[d][None])[0]
-    def confidence(self, d='main'): "Max softmax probability [H,W]."; return self.logits[d].softmax(0).amax(0)
-    def eln_error_prob(self, d='main'): "ELN error probability 1 - sigmoid(ELN) [H,W]."; return torch.sigmoid(-self._eln(d))
-    def eln_keep(self, d='main', threshold:float=0.5): "ELN mask [H,W] bool: keep where sigmoid(ELN) >= threshold."; return torch.sigmoid(self._eln(d)) >= threshold
+    def pred(self, d='main'):
+        "Predicted classes [H,W]."
+        return self.logits[d].argmax(0)
+    def valid(self):
+        "Labelled pixels [H,W] bool."
+        return self.label != self.ignore_index
+    def error(self, d='main'):
+        "True error map [H,W] bool: wrong on a labelled pixel."
+        return (self.pred(d) != self.label) & self.valid()
+    def error_rate(self, d='main'):
+        "Fraction of labelled pixels predicted wrongly."
+        return self.error(d).sum().item() / max(1, self.valid().sum().item())
+    def entropy(self, d='main'):
+        "Entropy of softmax(logits) in nats [H,W]."
+        return entropy_map(self.logits[d][None])[0]
+    def confidence(self, d='main'):
+        "Max softmax probability [H,W]."
+        return self.logits[d].softmax(0).amax(0)
+    def eln_error_prob(self, d='main'):
+        "ELN error probability 1 - sigmoid(ELN) [H,W]."
+        return torch.sigmoid(-self._eln(d))
+    def eln_keep(self, d='main', threshold:float=0.5):
+        "ELN mask [H,W] bool: keep where sigmoid(ELN) >= threshold."
+        return torch.sigmoid(self._eln(d)) >= threshold
     def pseudo_label(self, d='main', threshold:float=0.5):
         "Filtered pseudo label [H,W]: the prediction where the ELN keeps it, `ignore_index` (void) where it rejects it."
         return torch.where(self.eln_keep(d, threshold), self.pred(d), self.ignore_index)
     def scores(self, d='main', threshold:float=0.5) -> dict:
         "Error-localization precision/recall/F1 of the ELN mask at `threshold` on this image (positive = error)."
-        s = error_localization_scores(~self.eln_keep(d, threshold)[None], self.pred(d)[None], self.label[None], self.ignore_index)
+        s = error_localization_scores(~self.eln_keep(d, threshold)[None], self.pred(d)[None], self.label[None],
+                                      self.ignore_index)
         return {k: s[k] for k in ('precision', 'recall', 'f1')}
     def _eln(self, d):
-        if d not in self.eln: raise ValueError(f"no ELN output for decoder {d!r} (models without an ELN, or filter != 'eln')")
+        if d not in self.eln:
+            raise ValueError(f"no ELN output for decoder {d!r} (models without an ELN, or filter != 'eln')")
         return self.eln[d]
 
 # %% ../nbs/10_viz.ipynb #c80aa139
@@ -85,25 +104,28 @@ def pr_curve(score:torch.Tensor, # [N] error scores (higher = more likely wrong)
     "Pooled precision/recall/F1 of 'error where score >= threshold' for every threshold at once (sort + cumsum)."
     s, order = score.double().flatten().sort(descending=True)
     tp = error.flatten()[order].double().cumsum(0)
-    last = torch.ones_like(s, dtype=torch.bool); last[:-1] = s[1:] != s[:-1]   # last pixel of each run of ties
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]   # last pixel of each run of ties
     s, tp = s[last], tp[last]
     k, P = torch.arange(1, len(last) + 1, dtype=torch.float64)[last], error.sum().double()
     return {'threshold': s, 'precision': tp / k, 'recall': tp / P.clamp(min=1), 'f1': 2 * tp / (k + P)}
 
 def best_f1(c:dict) -> dict:
     "The point of a `pr_curve` with the highest F1."
-    i = int(c['f1'].argmax()); return {k: float(v[i]) for k, v in c.items()}
+    i = int(c['f1'].argmax())
+    return {k: float(v[i]) for k, v in c.items()}
 
 # %% ../nbs/10_viz.ipynb #6b9cae39
 def load_models(path, device='cpu'):
-    "(ELNModels in eval mode, TrainConfig, DatasetInfo) from an `eln_nb_train` checkpoint (`train.load_checkpoint_models`)."
+    "(ELNModels in eval mode, TrainConfig, DatasetInfo) of an `eln_nb_train` checkpoint (`load_checkpoint_models`)."
     from eln_nb.train import load_checkpoint_models   # imported here: figures of in-memory models need no run loop
     return load_checkpoint_models(path, device)
 
 def checkpoint_dataset(cfg, data=None, root=None, split='val', n=None):
-    "The dataset to look at for a run's config: `data` (default: the run's dataset), synthetic scenes made as in training."
+    "The dataset to look at for a run's config: `data` (default: the run's own), synthetic scenes made as in training."
     data = data or cfg.dataset
-    if data != 'synthetic': return get_dataset(data, root or (cfg.data_root if data == cfg.dataset else None) or None, split)
+    if data != 'synthetic':
+        return get_dataset(data, root or (cfg.data_root if data == cfg.dataset else None) or None, split)
     return get_dataset('synthetic', split=split, n=n or cfg.synthetic_val_n, size=cfg.synthetic_size,
                        num_classes=cfg.synthetic_classes, seed=cfg.seed)
 
@@ -115,13 +137,16 @@ class ErrorAnalyzer:
         self.info = info or getattr(dataset, 'info', None) or getattr(getattr(dataset, 'dataset', None), 'info', None)
         self.view, self.cache = EvalView(resize), {}
         self.device = device or next(models.parameters()).device
-        self.decoders = ['main'] + [f'aux{k+1}' for k in range(len(models.aux or []))] + (['teacher'] if teacher else [])
+        self.decoders = ['main'] + [f'aux{k+1}' for k in range(len(models.aux or []))] + (['teacher'] if teacher
+                                                                                          else [])
     def __len__(self): return len(self.ds)
     def __getitem__(self, i) -> ImageResult:
         if i not in self.cache:
-            s = self.ds[i]; x, y = self.view(s)
+            s = self.ds[i]
+            x, y = self.view(s)
             logits, eln = run_models(self.m, x[None].to(self.device), self.teacher)
-            self.cache[i] = ImageResult(s.get('name', str(i)), denormalize(x).clamp(0, 1).permute(1, 2, 0), y, logits, eln,
+            self.cache[i] = ImageResult(s.get('name', str(i)), denormalize(x).clamp(0, 1).permute(1, 2, 0), y, logits,
+                                        eln,
                                         self.info.ignore_index if self.info else 255)
         return self.cache[i]
 
@@ -149,8 +174,9 @@ def pooled(self:ErrorAnalyzer, decoder='main', threshold:float=0.5, idxs=None) -
 
 # %% ../nbs/10_viz.ipynb #0fee9228
 @patch(cls_method=True)
-def from_checkpoint(cls:ErrorAnalyzer, path, data=None, root=None, split='val', n=None, resize=None, device='cpu', loader=load_models, **kw):
-    "An `ErrorAnalyzer` over `data` for the models of checkpoint `path` (`loader(path, device) -> (models, cfg, info)`)."
+def from_checkpoint(cls:ErrorAnalyzer, path, data=None, root=None, split='val', n=None, resize=None, device='cpu',
+                    loader=load_models, **kw):
+    "An `ErrorAnalyzer` over `data` for checkpoint `path`'s models (`loader(path, device) -> (models, cfg, info)`)."
     m, cfg, info = loader(path, device)
     ds = checkpoint_dataset(cfg, data, root, split, n)
     if n is not None and len(ds) > n: ds = Subset(ds, range(n))
@@ -177,7 +203,8 @@ def class_legend(fig, info:DatasetInfo, extra=(('void / rejected', VOID),), ncol
 # %% ../nbs/10_viz.ipynb #ee0c80b0
 OUTCOME = {'error found': (220, 30, 30), 'error missed': (255, 200, 0), 'correct, rejected': (40, 110, 255)}
 
-def outcome_map(r:ImageResult, d='main', threshold:float=0.5) -> np.ndarray: # [H,W,3] uint8 (black where correct and kept)
+# [H,W,3] uint8 (black where correct and kept)
+def outcome_map(r:ImageResult, d='main', threshold:float=0.5) -> np.ndarray:
     "The ELN mask against the truth: errors found (red), errors missed (yellow), correct pixels rejected (blue)."
     err, rej = r.error(d).numpy(), (~r.eln_keep(d, threshold) & r.valid()).numpy()
     out = np.zeros(err.shape + (3,), np.uint8)
@@ -187,27 +214,36 @@ def outcome_map(r:ImageResult, d='main', threshold:float=0.5) -> np.ndarray: # [
 # %% ../nbs/10_viz.ipynb #7f98f31b
 def _show(ax, im, title, **kw):
     im = im.numpy() if torch.is_tensor(im) else im
-    h = ax.imshow(im, interpolation='nearest', **kw); ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+    h = ax.imshow(im, interpolation='nearest', **kw)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
     return h
 
 def _fmt(s): return f"P {s['precision']:.2f}  R {s['recall']:.2f}  F1 {s['f1']:.2f}"
 
-def eln_panel(r:ImageResult, info:DatasetInfo, decoder='main', threshold:float=0.5, alpha:float=0.6, figsize=(12, 6.6)) -> Figure:
-    "Image, ground truth, prediction, true errors, entropy, ELN error probability, ELN mask at `threshold`, filtered pseudo label."
-    fig = Figure(figsize=figsize); axs = fig.subplots(2, 4); pal = info.palette
+def eln_panel(r:ImageResult, info:DatasetInfo, decoder='main', threshold:float=0.5, alpha:float=0.6,
+              figsize=(12, 6.6)) -> Figure:
+    "Image, truth, prediction, errors, entropy, ELN error probability, its mask at `threshold`, filtered pseudo label."
+    fig = Figure(figsize=figsize)
+    axs = fig.subplots(2, 4)
+    pal = info.palette
     s, pred = r.scores(decoder, threshold), r.pred(decoder)
     _show(axs[0, 0], r.rgb, r.name)
     _show(axs[0, 1], overlay(r.rgb, colorize(r.label, pal), alpha), 'ground truth')
     _show(axs[0, 2], overlay(r.rgb, colorize(pred, pal), alpha), f'prediction ({decoder})')
     _show(axs[0, 3], overlay(r.rgb, np.full(r.rgb.shape, (220, 30, 30), np.uint8), alpha, r.error(decoder)),
           f'true errors: {100 * r.error_rate(decoder):.1f}% of pixels')
-    fig.colorbar(_show(axs[1, 0], r.entropy(decoder), 'entropy (nats)', cmap='magma', vmin=0), ax=axs[1, 0], fraction=0.046)
+    fig.colorbar(_show(axs[1, 0], r.entropy(decoder), 'entropy (nats)', cmap='magma', vmin=0), ax=axs[1, 0],
+                 fraction=0.046)
     fig.colorbar(_show(axs[1, 1], r.eln_error_prob(decoder), 'ELN error probability', cmap='magma', vmin=0, vmax=1),
                  ax=axs[1, 1], fraction=0.046)
-    _show(axs[1, 2], overlay(r.rgb, outcome_map(r, decoder, threshold), alpha, ~r.eln_keep(decoder, threshold) | r.error(decoder)),
+    _show(axs[1, 2],
+          overlay(r.rgb, outcome_map(r, decoder, threshold), alpha, ~r.eln_keep(decoder, threshold) | r.error(decoder)),
           f'ELN mask at {threshold:.2f}\n{_fmt(s)}')
     pl = r.pseudo_label(decoder, threshold)
-    _show(axs[1, 3], colorize(pl, pal), f'filtered pseudo label: {100 * (pl == r.ignore_index).float().mean():.0f}% void')
+    _show(axs[1, 3], colorize(pl, pal),
+          f'filtered pseudo label: {100 * (pl == r.ignore_index).float().mean():.0f}% void')
     fig.suptitle(f'{r.name}  decoder {decoder}  ELN threshold {threshold:.2f}:  {_fmt(s)}', fontsize=10)
     class_legend(fig, info, (('void / rejected', VOID),) + tuple(OUTCOME.items()), ncol=5)
     fig.subplots_adjust(left=0.02, right=0.97, top=0.88, bottom=0.13, wspace=0.25, hspace=0.35)
@@ -216,15 +252,20 @@ def eln_panel(r:ImageResult, info:DatasetInfo, decoder='main', threshold:float=0
 # %% ../nbs/10_viz.ipynb #347cb0a8
 def aux_panel(r:ImageResult, info:DatasetInfo, decoders=None, threshold:float=0.5, alpha:float=0.6) -> Figure:
     "Each decoder side by side: prediction, true errors with the error rate, and the ELN's error probability on it."
-    ds = decoders or list(r.logits); has_eln = all(d in r.eln for d in ds)
-    fig = Figure(figsize=(3 * len(ds), 8.4 if has_eln else 5.8)); axs = fig.subplots(3 if has_eln else 2, len(ds), squeeze=False)
+    ds = decoders or list(r.logits)
+    has_eln = all(d in r.eln for d in ds)
+    fig = Figure(figsize=(3 * len(ds), 8.4 if has_eln else 5.8))
+    axs = fig.subplots(3 if has_eln else 2, len(ds), squeeze=False)
     red = np.full(r.rgb.shape, (220, 30, 30), np.uint8)
     for j, d in enumerate(ds):
         _show(axs[0, j], overlay(r.rgb, colorize(r.pred(d), info.palette), alpha), f'{d}: prediction')
         _show(axs[1, j], overlay(r.rgb, red, alpha, r.error(d)), f'{d}: errors {100 * r.error_rate(d):.1f}%')
-        if has_eln: _show(axs[2, j], r.eln_error_prob(d), f"ELN on {d}: F1 {r.scores(d, threshold)['f1']:.2f}", cmap='magma', vmin=0, vmax=1)
+        if has_eln:
+            _show(axs[2, j], r.eln_error_prob(d), f"ELN on {d}: F1 {r.scores(d, threshold)['f1']:.2f}", cmap='magma',
+                  vmin=0, vmax=1)
     fig.suptitle(f'{r.name}: main and auxiliary decoders', fontsize=10)
-    class_legend(fig, info); fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.1, wspace=0.1, hspace=0.3)
+    class_legend(fig, info)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.1, wspace=0.1, hspace=0.3)
     return fig
 
 # %% ../nbs/10_viz.ipynb #4eaa100c
@@ -233,22 +274,28 @@ LABELS = {'eln': 'ELN (1 - sigmoid)', 'entropy': 'entropy', 'confidence': '1 - c
 def pr_figure(curves:dict, # method -> `pr_curve`
               eln_threshold:float=0.5, title='error localization') -> Figure:
     "Precision-recall curves of error localization, the best-F1 point of each method and the ELN at `eln_threshold`."
-    fig = Figure(figsize=(5.5, 4.5)); ax = fig.subplots()
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     for (m, c), col in zip(curves.items(), ('C3', 'C0', 'C2', 'C1')):
         b = best_f1(c)
         ax.plot(c['recall'], c['precision'], c=col, label=f"{LABELS.get(m, m)}: best F1 {b['f1']:.3f}")
         ax.plot(b['recall'], b['precision'], '*', c=col, ms=11)
         if m == 'eln':
-            i = int((c['threshold'] > 1 - eln_threshold).sum()) - 1   # last point with error prob > 1 - t: the ELN mask at t
+            # last point with error prob > 1 - t: the ELN mask at t
+            i = int((c['threshold'] > 1 - eln_threshold).sum()) - 1
             if i >= 0: ax.plot(c['recall'][i], c['precision'][i], 'o', mfc='none', c=col, ms=9,
                                label=f"ELN at {eln_threshold:.2f}: F1 {c['f1'][i]:.3f}")
     ax.set(xlabel='recall (of the true errors)', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.grid(alpha=0.3); ax.legend(fontsize=8, loc='upper right'); fig.tight_layout()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='upper right')
+    fig.tight_layout()
     return fig
 
 def fig_png(fig:Figure, dpi:int=80) -> bytes:
     "PNG bytes of a figure."
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
 
 # %% ../nbs/10_viz.ipynb #ed209c2d
 def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = void), eln (keep prob.), ent, palette
@@ -268,19 +315,22 @@ def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = vo
     _show(axs[1, 0], ex['ent'].astype(np.float32), 'entropy (normalised)', cmap='magma', vmin=0, vmax=1)
     _show(axs[1, 1], 1 - ex['eln'].astype(np.float32), 'ELN error probability', cmap='magma', vmin=0, vmax=1)
     kept_right = (keep & ~wrong & (lab != 255)).sum() / max((keep & (lab != 255)).sum(), 1)
-    _show(axs[1, 2], colorize(pseudo, pal), f'pseudo label after the ELN\n{100 * keep.mean():.0f}% kept, {100 * kept_right:.0f}% of them right')
+    _show(axs[1, 2], colorize(pseudo, pal),
+          f'pseudo label after the ELN\n{100 * keep.mean():.0f}% kept, {100 * kept_right:.0f}% of them right')
     fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.05, hspace=0.22)
     return fig
 
 # %% ../nbs/10_viz.ipynb #61680362
 class ErrorExplorer:
-    "ipywidgets view over an `ErrorAnalyzer`: image, decoder, ELN threshold and overlay opacity drive the ELN panel and P/R/F1."
-    def __init__(self, analyzer:ErrorAnalyzer, index:int=0, decoder='main', threshold:float=0.5, alpha:float=0.6, dpi:int=72):
+    "ipywidgets view of an `ErrorAnalyzer`: image, decoder, ELN threshold and opacity drive the ELN panel and P/R/F1."
+    def __init__(self, analyzer:ErrorAnalyzer, index:int=0, decoder='main', threshold:float=0.5, alpha:float=0.6,
+                 dpi:int=72):
         import ipywidgets as W
         self.a, self.dpi, self.fig, self.png_bytes = analyzer, dpi, None, b''
         self.image = W.IntSlider(index, 0, len(analyzer) - 1, description='image', continuous_update=False)
         self.decoder = W.Dropdown(options=analyzer.decoders, value=decoder, description='decoder')
-        self.threshold = W.FloatSlider(threshold, min=0.01, max=0.99, step=0.01, description='ELN thr.', continuous_update=False)
+        self.threshold = W.FloatSlider(threshold, min=0.01, max=0.99, step=0.01, description='ELN thr.',
+                                       continuous_update=False)
         self.alpha = W.FloatSlider(alpha, min=0, max=1, step=0.05, description='opacity', continuous_update=False)
         self.controls = (self.image, self.decoder, self.threshold, self.alpha)
         self.metrics, self.panel = W.HTML(), W.Image(format='png')
@@ -297,12 +347,14 @@ class ErrorExplorer:
 @patch
 def state(self:ErrorExplorer) -> dict:
     "The controls' values."
-    return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value, 'alpha': self.alpha.value}
+    return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value,
+            'alpha': self.alpha.value}
 
 @patch
 def update(self:ErrorExplorer):
     "Recompute this image's scores and redraw the panel (called by every control)."
-    st = self.state(); r = self.a[st['index']]
+    st = self.state()
+    r = self.a[st['index']]
     self.scores = r.scores(st['decoder'], st['threshold'])
     self.fig = eln_panel(r, self.a.info, st['decoder'], st['threshold'], st['alpha'])
     self.png_bytes = self.panel.value = fig_png(self.fig, self.dpi)
@@ -320,13 +372,19 @@ def set(self:ErrorExplorer, **kw):
 def _repr_mimebundle_(self:ErrorExplorer, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/10_viz.ipynb #9bdd3ba5
-def save_panels(a:ErrorAnalyzer, out, n:int=None, decoder='main', threshold:float=0.5, alpha:float=0.6, dpi:int=100) -> list:
+def save_panels(a:ErrorAnalyzer, out, n:int=None, decoder='main', threshold:float=0.5, alpha:float=0.6,
+                dpi:int=100) -> list:
     "Write `<name>_eln.png` and `<name>_aux.png` for the first `n` images and `pr_curve.png` over them -> paths."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); idxs, paths = range(min(n or len(a), len(a))), []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    idxs, paths = range(min(n or len(a), len(a))), []
     for i in idxs:
         r = a[i]
-        for kind, fig in (('eln', eln_panel(r, a.info, decoder, threshold, alpha)), ('aux', aux_panel(r, a.info, None, threshold, alpha))):
-            paths.append(out / f'{r.name}_{kind}.png'); fig.savefig(paths[-1], dpi=dpi)
+        for kind, fig in (('eln', eln_panel(r, a.info, decoder, threshold, alpha)),
+                          ('aux', aux_panel(r, a.info, None, threshold, alpha))):
+            paths.append(out / f'{r.name}_{kind}.png')
+            fig.savefig(paths[-1], dpi=dpi)
     paths.append(out / 'pr_curve.png')
-    pr_figure(a.curves(decoder, idxs), threshold, f'error localization of {decoder}, {len(idxs)} images').savefig(paths[-1], dpi=dpi)
+    pr_figure(a.curves(decoder, idxs), threshold,
+              f'error localization of {decoder}, {len(idxs)} images').savefig(paths[-1], dpi=dpi)
     return paths
