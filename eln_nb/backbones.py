@@ -70,6 +70,7 @@ def hub_file(depth) -> Path:
     "The file torchvision's weights API writes for ResNet-`depth`'s ImageNet weights"
     return Path(torch.hub.get_dir()) / 'checkpoints' / imagenet_weights(depth).url.rsplit('/', 1)[-1]
 
+# %% ../nbs/01_backbones.ipynb #9bca27ce
 def fetch_command(depth) -> str:
     "The one-line shell command that downloads ResNet-`depth`'s ImageNet weights into the hub cache"
     return f'python -c "import torchvision; torchvision.models.ResNet{depth}_Weights.IMAGENET1K_V1.get_state_dict()"'

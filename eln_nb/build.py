@@ -45,6 +45,7 @@ def _dataset(cfg, split, n=None):
 
 def _names(ds): return list(getattr(ds, 'names', None) or [str(i) for i in range(len(ds))])
 
+# %% ../nbs/09a_build.ipynb #5993ddb4
 def _split_names(cfg, names):
     d = Path(cfg.split_dir) if cfg.split_dir else shared_dir()/'splits'/'eln-official'/cfg.dataset
     if (d/f'{cfg.split}_labeled_{cfg.split_seed}.txt').is_file():

@@ -43,6 +43,7 @@ def rng_state(generator=None) -> dict:
     if generator is not None: st['generator'] = generator.get_state()
     return st
 
+# %% ../nbs/09b_checkpoints.ipynb #ae03bfc1
 def set_rng_state(st:dict, generator=None):
     "Restore `rng_state`."
     torch.set_rng_state(st['torch'])

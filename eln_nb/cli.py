@@ -30,10 +30,18 @@ def _preset_arg(argv=None) -> str:
 
 # %% ../nbs/11_cli.ipynb #98e0d1e0
 def field_help(cls=TrainConfig) -> dict:
-    "Field name -> its trailing comment in the class source."
+    "Field name -> its comment in the class source: the trailing one, else the comment lines right above the field."
     try: src = inspect.getsource(cls)
     except (OSError, TypeError): return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r'^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.*)$', src, re.M)}
+    out, above = {}, []
+    for line in src.splitlines():
+        if line.strip().startswith('#'):
+            above.append(line.strip().lstrip('#').strip())
+            continue
+        m = re.match(r'\s+(\w+)\s*:[^=]+=[^#]*(?:#\s*(.*))?$', line)
+        if m and (m.group(2) or above): out[m.group(1)] = (m.group(2) or ' '.join(above)).strip()
+        above = []
+    return out
 
 def _elem_type(default): return float if any(isinstance(v, float) for v in default) else int
 
@@ -102,6 +110,7 @@ def deviation_rows(cfg:TrainConfig, device=None) -> list:
                  + (' + GradScaler' if off == torch.float16 else ''), why, amp != off))
     return rows
 
+# %% ../nbs/11_cli.ipynb #80649c2b
 def deviation_table(cfg:TrainConfig, device=None) -> str:
     "The deviation table that `--dry-run` prints."
     rows = deviation_rows(cfg, device)
@@ -189,6 +198,7 @@ def _one_line(e) -> str:
     if 'Traceback' in s: s = s.splitlines()[-1].split(': ', 1)[-1]
     return ' '.join(s.splitlines())
 
+# %% ../nbs/11_cli.ipynb #b6cf6aaf
 def _dry_check(cfg) -> int:
     "With `--dry-run`, check the files of every split when the data is there: 0 when all are good (or absent), else 2."
     try: d = build_data(cfg)
@@ -226,6 +236,7 @@ def eval_parser():
     p.add_argument('--json', default=None, help='also write the results to this JSON file')
     return p
 
+# %% ../nbs/11_cli.ipynb #b9a1b606
 def eval_main(argv=None):
     "Console script `eln_nb_eval`."
     a = eval_parser().parse_args(argv)

@@ -71,6 +71,7 @@ class TrainConfig:
     pretrained: str = 'imagenet'
     eln_pretrained: str = 'imagenet'     # ELN encoder weights: imagenet, none, or a file
     # official behaviour: every deviation as a switch (`--dry-run` prints them against the official values)
+
     # set every switch below to the official code's behaviour (later options still win)
     official: bool = False
     # official bug: BatchNorm scale/shift of the segmentation networks never trained
@@ -163,6 +164,7 @@ DEVIATIONS = {  # TrainConfig field: (official value, what ours does instead and
     'partial_batches': (True, "full batches only, so BatchNorm never normalises over a two-image remainder"),
 }
 
+# %% ../nbs/09_config.ipynb #10fe3c36
 def official_values() -> dict:
     "The official value of every deviation switch."
     return {k: v for k, (v, _) in DEVIATIONS.items()}
@@ -200,6 +202,7 @@ def make_config(preset:str=None, **overrides) -> TrainConfig:
     if kw.get('official'): kw = {**PRESETS.get(preset, {}), **official_values(), **overrides}
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
 
+# %% ../nbs/09_config.ipynb #f6e35a8c
 def config_from_dict(d:dict) -> TrainConfig:
     "Inverse of `asdict` (lists back to tuples); fields this version does not know are dropped with a warning."
     names = {f.name for f in fields(TrainConfig)}

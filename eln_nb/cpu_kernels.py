@@ -17,6 +17,7 @@ def keep_mask(shape, p:float, device='cpu', generator=None) -> torch.Tensor:
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None, generator=generator)
     return (bits.view(torch.int16)[:n] >= -32768 + round(p * 65536)).view(shape)
 
+# %% ../nbs/02a_cpu_kernels.ipynb #841e7d06
 class Dropout(nn.Dropout):
     "`nn.Dropout` whose CPU mask costs 16 random bits per activation instead of a float draw; [*] -> [*]"
     def __init__(self, p=0.5, fast=True):
@@ -43,6 +44,7 @@ def tap_fraction(h, w, dilation) -> float:
     cols = sum(max(0, b - a) for a, b in (_inside(w, (k - 1) * dilation) for k in range(3)))
     return rows * cols / (9 * h * w)
 
+# %% ../nbs/02a_cpu_kernels.ipynb #4bd9ab1b
 class _AtrousConv3x3(torch.autograd.Function):
     "conv2d(x [B,C,H,W], w [O,C,3,3], padding=d, dilation=d) -> [B,O,H,W], with a backward that skips padding-only taps"
     @staticmethod
@@ -69,6 +71,7 @@ class _AtrousConv3x3(torch.autograd.Function):
                                                                                       c+dx:e+dx].reshape(-1, x.shape[1])
         return gx, gw, None
 
+# %% ../nbs/02a_cpu_kernels.ipynb #64d79605
 class AtrousConv2d(nn.Conv2d):
     "`nn.Conv2d` (3x3, dilation d, padding d, no bias) whose CPU backward skips taps that read only padding"
     def __init__(self, *args, **kw):

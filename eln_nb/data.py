@@ -63,6 +63,7 @@ class ViewDataset(Dataset):
             torch.manual_seed(s)
             return self.view(sample)
 
+# %% ../nbs/00c_data.ipynb #8fa92645
 def collate_views(batch, keys):
     "List of view tuples -> dict of stacked tensors named by `keys`."
     try: return {k: torch.stack([b[j] for b in batch]) for j, k in enumerate(keys)}
@@ -91,6 +92,7 @@ def _seed_worker(worker_id, seed=0, rank=0):
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
 
+# %% ../nbs/00c_data.ipynb #62d249cd
 class EndlessLoader:
     "Iterator over an endless DataLoader that counts steps; `next(loader)` is batch number `loader.step`."
     def __init__(self, dl, start_step): self.dl, self.step, self._it = dl, start_step, None

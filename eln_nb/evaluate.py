@@ -32,6 +32,7 @@ from .stage2 import ema_update, start_teacher, reset_student_to_teacher
 # %% ../nbs/09c_evaluate.ipynb #1599af7d
 def _windows(n, w, s): return [0] if n <= w else sorted(set(list(range(0, n - w, s)) + [n - w]))
 
+# %% ../nbs/09c_evaluate.ipynb #1496086b
 @torch.no_grad()
 def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
             eln:nn.Module=None, mode:str='full', window=(321, 321), overlap:float=1/3):

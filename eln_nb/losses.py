@@ -82,6 +82,7 @@ def _window_contrast(t, s, y, k, C, tau):
     present = (n > 0).to(t.dtype)
     return (l * present).sum() / present.sum().clamp(min=1)
 
+# %% ../nbs/05_losses.ipynb #d113d3a7
 def _crop(x, i, j, wh, ww):
     "Pixels of the window at (i,j) of size (wh,ww), pooled over the batch: [B,D,H,W] -> [V,D], [B,H,W] -> [V]."
     x = x[..., i:i+wh, j:j+ww]

@@ -38,6 +38,7 @@ def confusion_matrix(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] log
     if p.numel() and (p.min() < 0 or p.max() >= n): raise ValueError(f"predictions outside [0,{n}) on labelled pixels")
     return torch.bincount(t * n + p, minlength=n * n).view(n, n)
 
+# %% ../nbs/06_metrics.ipynb #c1f7a5a7
 # [C] float64, nan where a class is in neither labels nor predictions
 def iou_from_matrix(mat:torch.Tensor) -> torch.Tensor:
     "Per-class IoU = TP / (TP + FP + FN) from a confusion matrix [C,C]."

@@ -37,6 +37,7 @@ def normalize(x:torch.Tensor # [B,3,H,W] or [3,H,W] float in [0,1]
     m, s = _stats(x)
     return (x - m) / s
 
+# %% ../nbs/00_scenes.ipynb #86caccf7
 def denormalize(x:torch.Tensor) -> torch.Tensor: # [B,3,H,W] or [3,H,W] -> float in [0,1] (not clipped)
     "Inverse of `normalize`."
     m, s = _stats(x)
@@ -112,6 +113,7 @@ def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5
         lab[y0:y1, x0:x1][m] = c
     return lab
 
+# %% ../nbs/00_scenes.ipynb #57b0077e
 def render_textures(r:np.random.Generator, lab, yy, xx, st:dict) -> np.ndarray: # uint8 [H,W,3]
     "Texture every pixel by its class (stripes + noise), then a random gain, colour cast and illumination ramp."
     C = len(st['period'])
@@ -162,6 +164,7 @@ class RandomScale(v2.Transform):
         return dict(size=[max(1, round(h * s)), max(1, round(w * s))])
     def transform(self, inpt, params): return self._call_kernel(TF.resize, inpt, params['size'], antialias=True)
 
+# %% ../nbs/00_scenes.ipynb #caa5b60f
 def weak_geometry(crop=321, scale=(0.5, 2.0), hflip=True, resize=None) -> v2.Compose:
     "resize? -> random scale? -> random crop (pad 0 / 255)? -> hflip?, on (Image, Mask) together."
     ts = [v2.Resize(_pair(resize))] if resize else []
@@ -189,6 +192,7 @@ def cutmix_box(h:int, w:int, p:float=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)
     box[y:y + bh, x:x + bw] = True
     return box
 
+# %% ../nbs/00_scenes.ipynb #751e8d1a
 def apply_cutmix(x:torch.Tensor, # [B,...,h,w] images, labels or logits
                  box:torch.Tensor, # bool [B,h,w]
                  shift:int=1) -> torch.Tensor:

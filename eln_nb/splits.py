@@ -36,6 +36,7 @@ def nested_splits(names, ns=(4, 8, 20), seed:int=0) -> dict:
         out[n] = ([names[i] for i in perm if i in chosen], [names[i] for i in range(len(names)) if i not in chosen])
     return out
 
+# %% ../nbs/00b_splits.ipynb #269346ee
 def split_labelled(names, n, seed:int=0):
     "(labelled, unlabelled): 1/n of `names` labelled, drawn with `seed`."
     return nested_splits(names, (n,), seed)[n]

@@ -94,6 +94,7 @@ def eln_terms(m:ELNModels, image, preds, target, cfg:MethodConfig=MethodConfig()
     if m.filter == 'ecn': return [sup_loss(o, target, cfg.ignore_index) for o in outs]
     return [eln_loss(o, z, target, cfg.ignore_index, cfg.ignore_as_error) for o, z in zip(outs, preds)]
 
+# %% ../nbs/07_stage1.ipynb #ec6d0044
 @torch.no_grad()
 def official_eln_preds(m:ELNModels, x) -> list:
     "The official third pass: encoder, main decoder, then each auxiliary decoder, dropout on -> [z_1..z_K, z]."

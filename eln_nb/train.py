@@ -57,6 +57,7 @@ def init_distributed(cfg:TrainConfig):
                                 device_id=device if device.type == 'cuda' else None)
     return rank, ws, device
 
+# %% ../nbs/09d_train.ipynb #1682bb92
 @torch.no_grad()
 def sync_bn_buffers(m:nn.Module):
     "Average BatchNorm running statistics across ranks (plain BatchNorm under DDP on CPU)."
@@ -84,6 +85,7 @@ def _to(b:dict, device, cl=False) -> dict:
             if k in b: b[k] = b[k].contiguous(memory_format=torch.channels_last)
     return b
 
+# %% ../nbs/09d_train.ipynb #0b5d8569
 def param_counts(m:ELNModels) -> dict:
     "Millions of parameters per network."
     return {n: sum(p.numel() for p in getattr(m, n).parameters()) / 1e6 for n in ('student', 'teacher', 'aux', 'eln')
@@ -338,6 +340,7 @@ def _writer(self:Trainer):
             except Exception: pass
     return self._tb
 
+# %% ../nbs/09d_train.ipynb #4346ce47
 @patch
 def _record(self:Trainer, rec:dict):
     "Append a record to metrics.jsonl and TensorBoard (rank 0 only)."
@@ -385,6 +388,7 @@ def _save_best(self:Trainer, st):
         except OSError: pass                                          # no hard links here: write the weights
     save_checkpoint(st, best, keep_prev=False)
 
+# %% ../nbs/09d_train.ipynb #e76ff777
 @patch
 def checkpoint(self:Trainer):
     "Write last.pt (keeping last.prev.pt when `keep_prev`) and, every `keep_every` iterations, iter_NNNNNNN.pt."

@@ -98,6 +98,7 @@ def error_score(r:ImageResult, d='main', method='eln') -> torch.Tensor: # [H,W],
     "Per-pixel error score of `method`: ELN error probability, entropy (nats) or 1 - confidence."
     return SCORES[method](r, d)
 
+# %% ../nbs/10_viz.ipynb #0cdd0329
 def pr_curve(score:torch.Tensor, # [N] error scores (higher = more likely wrong)
              error:torch.Tensor, # [N] bool, true errors
              ) -> dict: # 'threshold', 'precision', 'recall', 'f1': float64 [T], one entry per distinct score
@@ -110,6 +111,7 @@ def pr_curve(score:torch.Tensor, # [N] error scores (higher = more likely wrong)
     k, P = torch.arange(1, len(last) + 1, dtype=torch.float64)[last], error.sum().double()
     return {'threshold': s, 'precision': tp / k, 'recall': tp / P.clamp(min=1), 'f1': 2 * tp / (k + P)}
 
+# %% ../nbs/10_viz.ipynb #ebd3c3b6
 def best_f1(c:dict) -> dict:
     "The point of a `pr_curve` with the highest F1."
     i = int(c['f1'].argmax())
@@ -271,6 +273,7 @@ def aux_panel(r:ImageResult, info:DatasetInfo, decoders=None, threshold:float=0.
 # %% ../nbs/10_viz.ipynb #4eaa100c
 LABELS = {'eln': 'ELN (1 - sigmoid)', 'entropy': 'entropy', 'confidence': '1 - confidence'}
 
+# %% ../nbs/10_viz.ipynb #4f3ff33d
 def pr_figure(curves:dict, # method -> `pr_curve`
               eln_threshold:float=0.5, title='error localization') -> Figure:
     "Precision-recall curves of error localization, the best-F1 point of each method and the ELN at `eln_threshold`."
@@ -362,6 +365,7 @@ def update(self:ErrorExplorer):
                           f"ELN mask at {st['threshold']:.2f}: precision {self.scores['precision']:.3f}, "
                           f"recall {self.scores['recall']:.3f}, F1 {self.scores['f1']:.3f}")
 
+# %% ../nbs/10_viz.ipynb #15dc830d
 @patch
 def set(self:ErrorExplorer, **kw):
     "Set controls by name (index, decoder, threshold, alpha) as a user would; each change redraws."
