@@ -255,9 +255,8 @@ def eval_main(argv=None):
     dev = resolve_device(a.device)
     amp = resolve_amp(a.amp, dev)
     m.to(dev)
-    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window
-                   or ()) or (_pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None) or (321,
-                                                                                                                321)
+    run_crop = _pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None
+    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or run_crop or (321, 321)
     modes, size = _eval_modes(a, cfg)
     results = {}
     for mode in modes:

@@ -20,8 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
-                         read_split,
-                         shared_dir, DatasetInfo, DatasetError, check_files)
+                         read_split, shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
 from .losses import resize_to
@@ -214,11 +213,9 @@ def config_from_dict(d:dict) -> TrainConfig:
 
 # %% ../nbs/09_config.ipynb #d498d5ba
 _AT_LEAST = {1: ('split', 'batch_size', 'unlabelled_batch_size', 'eval_batch_size', 'iters_per_epoch', 'epochs',
-                 'log_every',
-                 'window_size', 'synthetic_n', 'synthetic_val_n', 'synthetic_size', 'k'),
+                 'log_every', 'window_size', 'synthetic_n', 'synthetic_val_n', 'synthetic_size', 'k'),
              0: ('split_seed', 'pre_epochs', 'eln_epochs', 'eval_every', 'ckpt_every', 'keep_every', 'val_limit',
-                 'windows',
-                 'num_workers', 'threads'),
+                 'windows', 'num_workers', 'threads'),
              2: ('synthetic_classes',)}
 _NON_NEGATIVE = ('weight_decay', 'lambda_st', 'lambda_con')
 _POSITIVE = ('lr', 'backbone_lr', 'tau')

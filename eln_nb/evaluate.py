@@ -19,8 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
-                         read_split,
-                         shared_dir, DatasetInfo, DatasetError, check_files)
+                         read_split, shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
 from .losses import resize_to

@@ -20,8 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from .data import (get_dataset, LabelledView, UnlabelledViews, make_loader, eval_loader, split_labelled,
-                         read_split,
-                         shared_dir, DatasetInfo, DatasetError, check_files)
+                         read_split, shared_dir, DatasetInfo, DatasetError, check_files)
 from .backbones import find_weights, cached_imagenet, fetch_command, PretrainedWeightsError
 from .decoders import resnet_depth
 from .losses import resize_to
@@ -48,8 +47,8 @@ class StepModule(nn.Module):
 
 def init_distributed(cfg:TrainConfig):
     "Join the torchrun process group when WORLD_SIZE > 1 -> (rank, world_size, device)."
-    ws, rank, local = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK',
-                                                                               0)), int(os.environ.get('LOCAL_RANK', 0))
+    env = lambda k, d: int(os.environ.get(k, d))
+    ws, rank, local = env('WORLD_SIZE', 1), env('RANK', 0), env('LOCAL_RANK', 0)
     device = resolve_device(cfg.device, local)
     if device.type == 'cuda': torch.cuda.set_device(device)
     if ws > 1 and not dist.is_initialized():
