@@ -113,13 +113,13 @@ def batch_sources(cfg:BenchConfig, device) -> tuple:
         g = torch.Generator().manual_seed(cfg.seed)
         lab = _to({'image': torch.randn(B, 3, S, S, generator=g), 'label': torch.randint(0, C, (B, S, S), generator=g)},
                   device, cl)
-        unl = _to({'weak': torch.randn(B, 3, S, S, generator=g), 'strong': torch.randn(B, 3, S, S, generator=g),
+        unlab = _to({'weak': torch.randn(B, 3, S, S, generator=g), 'strong': torch.randn(B, 3, S, S, generator=g),
                    'label': torch.full((B, S, S), 255)}, device, cl)
-        return itertools.repeat(lab), itertools.repeat(unl)
+        return itertools.repeat(lab), itertools.repeat(unlab)
     ds = SyntheticScenes(n=max(4 * B, 8), size=S, num_classes=C, seed=cfg.seed)
     lab = make_loader(ds, B, cfg.seed, view=LabelledView(crop=S), num_workers=cfg.workers)
-    unl = make_loader(ds, B, cfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=cfg.workers)
-    return (_to(b, device, cl) for b in lab), (_to(b, device, cl) for b in unl)
+    unlab = make_loader(ds, B, cfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=cfg.workers)
+    return (_to(b, device, cl) for b in lab), (_to(b, device, cl) for b in unlab)
 
 # %% ../nbs/12_bench.ipynb #18be5729
 class Bench:
@@ -140,7 +140,7 @@ class Bench:
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(cfg.seed)
-        self.lab, self.unl = batch_sources(cfg, self.device)
+        self.lab, self.unlab = batch_sources(cfg, self.device)
         self.teacher_started, self.aux_on = False, None
 
     def autocast(self):
@@ -149,11 +149,11 @@ class Bench:
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
 
 # %% ../nbs/12_bench.ipynb #60589f81
-def step_loss(b:Bench, phase:str, lab:dict, unl:dict=None):
+def step_loss(b:Bench, phase:str, lab:dict, unlab:dict=None):
     "The phase's step function -> (loss, logs)."
     if phase == '1a': return phase1a_step(b.m, lab, b.mcfg)
     if phase == '1b': return phase1b_step(b.m, lab, b.mcfg)
-    return semi_step(b.m, lab, unl, b.mcfg, b.gen)
+    return semi_step(b.m, lab, unlab, b.mcfg, b.gen)
 
 def iteration(b:Bench, phase:str) -> float:
     "One training iteration of `phase` (batches, step under autocast, backward, optimizer, EMA) -> seconds."
@@ -163,8 +163,8 @@ def iteration(b:Bench, phase:str) -> float:
     b.sync()
     t0 = time.perf_counter()
     lab = next(b.lab)
-    unl = next(b.unl) if phase == '2' else None
-    with b.autocast(): loss, logs = step_loss(b, phase, lab, unl)
+    unlab = next(b.unlab) if phase == '2' else None
+    with b.autocast(): loss, logs = step_loss(b, phase, lab, unlab)
     b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
     b.scaler.scale(loss).backward()
@@ -178,7 +178,7 @@ def iteration(b:Bench, phase:str) -> float:
 # %% ../nbs/12_bench.ipynb #90603350
 def _osum(*ts): return sum(t.float().sum() for t in ts)
 
-def floor_loss(m:ELNModels, phase:str, lab:dict, unl:dict=None, aux_on=None) -> torch.Tensor:
+def floor_loss(m:ELNModels, phase:str, lab:dict, unlab:dict=None, aux_on=None) -> torch.Tensor:
     "The phase's module calls with no loss maths: the sum of every output a loss reads (scalar)."
     x = lab['image']
     if phase == '1a': return _osum(m.student(x)[0])
@@ -191,16 +191,16 @@ def floor_loss(m:ELNModels, phase:str, lab:dict, unl:dict=None, aux_on=None) -> 
     out = _osum(z, *[a for a in aux if a.requires_grad], *[m.eln(x, p) for p in preds])
     if phase == '1b': return out
     with torch.no_grad():
-        z_t, f_t = m.teacher(unl['weak'], dropout=False)
-        m.eln(unl['weak'], z_t, dropout=False)
-    return out + sum(_osum(*m.student(unl[v])) for v in ('weak', 'strong'))
+        z_t, f_t = m.teacher(unlab['weak'], dropout=False)
+        m.eln(unlab['weak'], z_t, dropout=False)
+    return out + sum(_osum(*m.student(unlab[v])) for v in ('weak', 'strong'))
 
-def floor_iteration(b:Bench, phase:str, lab=None, unl=None) -> float:
+def floor_iteration(b:Bench, phase:str, lab=None, unlab=None) -> float:
     "Forward and backward of `floor_loss` on fixed batches -> seconds."
     b.opt.zero_grad(set_to_none=True)
     b.sync()
     t0 = time.perf_counter()
-    with b.autocast(): loss = floor_loss(b.m, phase, lab, unl, b.aux_on)
+    with b.autocast(): loss = floor_loss(b.m, phase, lab, unlab, b.aux_on)
     b.scaler.scale(loss).backward()
     b.sync()
     return time.perf_counter() - t0
@@ -231,10 +231,10 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     t0 = time.perf_counter()
     with T('data'):
         lab = next(b.lab)
-        unl = next(b.unl)
+        unlab = next(b.unlab)
     with b.autocast():
         lt, _ = labelled_terms(b.m, lab, c, T)
-        ut, fs, _ = unlabelled_terms(b.m, unl, c, b.gen, T)
+        ut, fs, _ = unlabelled_terms(b.m, unlab, c, b.gen, T)
     with T('optimizer'): b.opt.zero_grad(set_to_none=True)
     with T('contrastive'): g = torch.autograd.grad(S(c.lambda_con * ut['con']), fs, retain_graph=True)
     with T('aux'):
@@ -270,13 +270,13 @@ def measure_phase(b:Bench, phase:str) -> dict:
     warm = [iteration(b, phase) for _ in range(max(cfg.warmup, 1))]
     ts = warm[cfg.warmup:]                                       # one timed iteration if warmup == 0
     r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:cfg.warmup]}
-    lab, unl = next(b.lab), next(b.unl)
-    fl = [floor_iteration(b, phase, lab, unl) for _ in range(cfg.warmup)] if cfg.floor else []
+    lab, unlab = next(b.lab), next(b.unlab)
+    fl = [floor_iteration(b, phase, lab, unlab) for _ in range(cfg.warmup)] if cfg.floor else []
     fl = fl[cfg.warmup:]
     while len(ts) < cfg.iters:
         ts.append(iteration(b, phase))
-        if cfg.floor: fl.append(floor_iteration(b, phase, lab, unl))
-    if cfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unl))
+        if cfg.floor: fl.append(floor_iteration(b, phase, lab, unlab))
+    if cfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unlab))
     r.update(_stats(ts))
     r['images_per_s'] = cfg.batch * (2 if phase == '2' else 1) / r['median_s']
     if cfg.floor:

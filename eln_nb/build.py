@@ -75,12 +75,14 @@ def build_data(cfg:TrainConfig) -> RunData:
     names = _names(train)
     if train.info.num_classes < 1: raise DatasetError(f"{cfg.dataset} {cfg.train_split}: 0 classes (give a class list)")
     known = _labelled_names(train, names)
-    lab, unl, src = _split_names(cfg, known)
-    unl = unl + [n for n in names if n not in set(known)]                  # images without labels are unlabelled
-    nolab = sorted(set(lab) - set(known))
-    if nolab: raise DatasetError(f"split ({src}): {len(nolab)} labelled names have no label file, e.g. {nolab[:3]}")
+    labelled_names, unlabelled_names, src = _split_names(cfg, known)
+    # images without labels are unlabelled
+    unlabelled_names = unlabelled_names + [n for n in names if n not in set(known)]
+    no_label = sorted(set(labelled_names) - set(known))
+    if no_label:
+        raise DatasetError(f"split ({src}): {len(no_label)} labelled names have no label file, e.g. {no_label[:3]}")
     pos = {n: i for i, n in enumerate(names)}
-    missing = [n for n in lab + unl if n not in pos]
+    missing = [n for n in labelled_names + unlabelled_names if n not in pos]
     if missing:
         raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
     val = _dataset(cfg, cfg.val_split, cfg.synthetic_val_n)
@@ -89,8 +91,8 @@ def build_data(cfg:TrainConfig) -> RunData:
                                 f"({cfg.val_split} = {cfg.train_split})")
     if cfg.val_limit: val = Subset(val, range(min(cfg.val_limit, len(val))))
     geo = dict(crop=_size(cfg.crop), scale=tuple(cfg.scale) or None, hflip=cfg.hflip, resize=_size(cfg.resize))
-    return RunData(train.info, Subset(train, [pos[n] for n in lab]),
-                   Subset(train, [pos[n] for n in unl]) if unl else None, val,
+    return RunData(train.info, Subset(train, [pos[n] for n in labelled_names]),
+                   Subset(train, [pos[n] for n in unlabelled_names]) if unlabelled_names else None, val,
                    LabelledView(**geo), UnlabelledViews(**geo, blur=cfg.blur), src)
 
 # %% ../nbs/09a_build.ipynb #0274cda0

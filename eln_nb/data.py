@@ -128,10 +128,10 @@ class EvalView:
     keys = ('image', 'label')
     def __init__(self, resize=None): self.geometry = weak_geometry(None, None, False, resize)
     def __call__(self, sample):
-        img, lab = sample['image'], sample['label']
-        if lab is None: lab = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
-        img, lab = self.geometry(img, lab)
-        return normalize(_to_float(img)), lab.as_subclass(torch.Tensor).long()
+        img, y = sample['image'], sample['label']
+        if y is None: y = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
+        img, y = self.geometry(img, y)
+        return normalize(_to_float(img)), y.as_subclass(torch.Tensor).long()
 
 def eval_loader(dataset, batch_size:int=1, num_workers:int=0, resize=None, rank:int=0, world_size:int=1,
                 pin_memory=None) -> DataLoader:

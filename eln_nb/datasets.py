@@ -122,13 +122,13 @@ class SegDataset(Dataset):
     def __len__(self): return len(self.images)
     def __getitem__(self, i):
         img = load_image(self.images[i])
-        lab = None
+        y = None
         if self.labels[i] is not None:
-            lab = load_label(self.labels[i], self.info.num_classes, self.lut, self.info.palette)
-            if tuple(lab.shape) != tuple(img.shape[-2:]):
-                raise DatasetError(f"{self.labels[i]}: label size {tuple(lab.shape)} differs from image "
+            y = load_label(self.labels[i], self.info.num_classes, self.lut, self.info.palette)
+            if tuple(y.shape) != tuple(img.shape[-2:]):
+                raise DatasetError(f"{self.labels[i]}: label size {tuple(y.shape)} differs from image "
                                    f"{self.images[i]} size {tuple(img.shape[-2:])}")
-        return {'image': tv_tensors.Image(img), 'label': None if lab is None else tv_tensors.Mask(lab),
+        return {'image': tv_tensors.Image(img), 'label': None if y is None else tv_tensors.Mask(y),
                 'name': self.names[i]}
 
 # %% ../nbs/00a_datasets.ipynb #4c5df73e
@@ -308,10 +308,10 @@ def get_dataset(name:str, root=None, split:str='train', **kw):
     raise ValueError(f"unknown dataset {name!r}; expected synthetic, voc, cityscapes, camvid or folder")
 
 # %% ../nbs/00a_datasets.ipynb #2737569c
-def _check_header(img, lab):
+def _check_header(img, label_path):
     "Open the headers of an image and its label: present, readable, label one channel or RGB, same size."
     sizes = []
-    for p, what in ((img, 'image'), (lab, 'label')):
+    for p, what in ((img, 'image'), (label_path, 'label')):
         if p is None: continue
         if not Path(p).is_file(): raise DatasetError(f"{p}: {what} file not found")
         try:
@@ -319,10 +319,10 @@ def _check_header(img, lab):
                 sizes.append(im.size[::-1])
                 mode = im.mode
         except Exception as e: raise DatasetError(f"{p}: unreadable {what} ({type(e).__name__}: {e})") from e
-    if lab is not None and mode not in ('L', 'P', 'RGB', 'RGBA', 'I', 'I;16'):
-        raise DatasetError(f"{lab}: label must be one channel (mode L or P), got mode {mode}")
+    if label_path is not None and mode not in ('L', 'P', 'RGB', 'RGBA', 'I', 'I;16'):
+        raise DatasetError(f"{label_path}: label must be one channel (mode L or P), got mode {mode}")
     if len(sizes) == 2 and sizes[0] != sizes[1]:
-        raise DatasetError(f"{lab}: label size {sizes[1]} differs from image {img} size {sizes[0]}")
+        raise DatasetError(f"{label_path}: label size {sizes[1]} differs from image {img} size {sizes[0]}")
 
 # %% ../nbs/00a_datasets.ipynb #90a4c516
 def _check_one(ds, i, full=True, need_label=False):

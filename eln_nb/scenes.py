@@ -96,7 +96,7 @@ def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> d
 # %% ../nbs/00_scenes.ipynb #f43b9eb0
 def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5) -> np.ndarray: # int64 [H,W]
     "Paint 2..max_shapes random ellipses/rectangles/diamonds of classes 1..C-1 over background 0."
-    lab = np.zeros(yy.shape, np.int64)
+    y = np.zeros(yy.shape, np.int64)
     s = min(yy.shape)
     for _ in range(r.integers(2, max_shapes + 1)):
         c = r.integers(1, num_classes)
@@ -110,20 +110,20 @@ def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5
         X, Y = xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy
         u, v = np.abs((X * np.cos(a) + Y * np.sin(a)) / rx), np.abs((Y * np.cos(a) - X * np.sin(a)) / ry)
         m = (u * u + v * v <= 1) if kind == 0 else (np.maximum(u, v) <= 1) if kind == 1 else (u + v <= 1)
-        lab[y0:y1, x0:x1][m] = c
-    return lab
+        y[y0:y1, x0:x1][m] = c
+    return y
 
 # %% ../nbs/00_scenes.ipynb #57b0077e
-def render_textures(r:np.random.Generator, lab, yy, xx, st:dict) -> np.ndarray: # uint8 [H,W,3]
+def render_textures(r:np.random.Generator, y, yy, xx, st:dict) -> np.ndarray: # uint8 [H,W,3]
     "Texture every pixel by its class (stripes + noise), then a random gain, colour cast and illumination ramp."
     C = len(st['period'])
     ph = r.uniform(0, 2 * np.pi, C)
     tab = np.column_stack([np.cos(st['theta']), np.sin(st['theta']), 2 * np.pi / st['period'], ph, st['amp'],
                            st['noise'],
                            st['colour'], st['cdir']]).astype(np.float32)      # [C,12] per-class parameters
-    p = tab[lab]                                                             # [H,W,12], one gather
+    p = tab[y]                                                             # [H,W,12], one gather
     s = np.sin((xx * p[..., 0] + yy * p[..., 1]) * p[..., 2] + p[..., 3]) * p[..., 4]
-    img = p[..., 6:9] + s[..., None] * p[..., 9:12] + r.standard_normal((*lab.shape, 3), dtype=np.float32) * p[..., 5:6]
+    img = p[..., 6:9] + s[..., None] * p[..., 9:12] + r.standard_normal((*y.shape, 3), dtype=np.float32) * p[..., 5:6]
     ramp = (xx / xx.shape[1] - 0.5) * r.uniform(-30, 30) + (yy / yy.shape[0] - 0.5) * r.uniform(-30, 30)
     img = img * r.uniform(0.85, 1.15) + r.normal(0, 8, 3).astype(np.float32) + ramp[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -146,10 +146,10 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, i):
         if not 0 <= i < self.n: raise IndexError(f"SyntheticScenes index {i} out of range [0,{self.n})")
         r = np.random.default_rng([self.seed, i, 1])
-        lab = draw_shapes(r, self.yy, self.xx, self.info.num_classes, self.max_shapes)
-        img = render_textures(r, lab, self.yy, self.xx, self.styles)
+        y = draw_shapes(r, self.yy, self.xx, self.info.num_classes, self.max_shapes)
+        img = render_textures(r, y, self.yy, self.xx, self.styles)
         return {'image': tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)),
-                'label': tv_tensors.Mask(torch.from_numpy(lab)),
+                'label': tv_tensors.Mask(torch.from_numpy(y)),
                 'name': f'synthetic_{self.seed}_{i:05d}'}
 
 # %% ../nbs/00_scenes.ipynb #ee902307
@@ -212,8 +212,8 @@ class LabelledView:
     def __call__(self, sample):
         if sample['label'] is None:
             raise DatasetError(f"{sample['name']}: LabelledView needs a label, and this sample has none")
-        img, lab = self.geometry(sample['image'], sample['label'])
-        return normalize(_to_float(img)), lab.as_subclass(torch.Tensor).long()
+        img, y = self.geometry(sample['image'], sample['label'])
+        return normalize(_to_float(img)), y.as_subclass(torch.Tensor).long()
 
 # %% ../nbs/00_scenes.ipynb #105f0954
 class UnlabelledViews:
@@ -226,12 +226,12 @@ class UnlabelledViews:
         self.cutmix = cutmix
         self.keys = ('weak', 'strong', 'label') + (('box',) if cutmix else ())
     def __call__(self, sample):
-        img, lab = sample['image'], sample['label']
-        if lab is None: lab = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
-        img, lab = self.geometry(img, lab)
+        img, y = sample['image'], sample['label']
+        if y is None: y = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
+        img, y = self.geometry(img, y)
         x = _to_float(img)
         strong = self.photometric(tv_tensors.Image(x.clone())).as_subclass(torch.Tensor)
-        out = (normalize(x), normalize(strong), lab.as_subclass(torch.Tensor).long())
+        out = (normalize(x), normalize(strong), y.as_subclass(torch.Tensor).long())
         return out + (cutmix_box(*x.shape[-2:], p=self.cutmix),) if self.cutmix else out
 
 # %% ../nbs/00_scenes.ipynb #bc36734e

@@ -53,12 +53,12 @@ def write_split(dir, n, i, labelled, unlabelled):
 def read_split(dir, n, i):
     "(labelled, unlabelled) names from the official list files; raises on a missing/empty file or an overlap."
     d = Path(dir)
-    lab = read_list(d/f'{n}_labeled_{i}.txt')
-    unl = read_list(d/f'{n}_unlabeled_{i}.txt', allow_empty=True)
-    both = set(lab) & set(unl)
+    labelled_names = read_list(d/f'{n}_labeled_{i}.txt')
+    unlabelled_names = read_list(d/f'{n}_unlabeled_{i}.txt', allow_empty=True)
+    both = set(labelled_names) & set(unlabelled_names)
     if both:
         raise DatasetError(f"{d}/{n}_labeled_{i}.txt: {len(both)} names are also unlabelled, e.g. {sorted(both)[:3]}")
-    return lab, unl
+    return labelled_names, unlabelled_names
 
 def check_split(labelled, unlabelled, pool):
     "Raise unless labelled and unlabelled are disjoint and together are exactly `pool`."

@@ -283,12 +283,12 @@ def _branch(self:Trainer, path):
 # %% ../nbs/09d_train.ipynb #0f204ebe
 @patch
 def _loader(self:Trainer, which):
-    "The endless loader of 'lab' or 'unl', started at the batch the current iteration needs."
+    "The endless loader of 'lab' or 'unlab', started at the batch the current iteration needs."
     if which not in self.loaders:
         c, d = self.cfg, self.data
         ds, bs, view, start = ((d.labelled, c.batch_size, d.lab_view, self.it) if which == 'lab' else
                                (d.unlabelled, c.unlabelled_batch_size, d.unl_view, max(0, self.it - self.sched.warm)))
-        self.loaders[which] = make_loader(ds, bs, c.seed + (which == 'unl'), start, c.num_workers, self.rank, self.ws,
+        self.loaders[which] = make_loader(ds, bs, c.seed + (which == 'unlab'), start, c.num_workers, self.rank, self.ws,
                                           view=view,
                                           partial_batches=c.partial_batches)
     with torch.random.fork_rng(devices=[]): return _to(next(self.loaders[which]), self.device, self.cl)
@@ -311,10 +311,10 @@ def train_step(self:Trainer, phase):
     elif act == 'reset_student': reset_student_to_teacher(self.m)
     lab = self._loader('lab')
     # the supervised baseline never loads unlabelled batches
-    wants_unl = phase == '2' and self.data.unlabelled is not None and self.m.filter != 'supervised'
-    unl = self._loader('unl') if wants_unl else None
+    wants_unlab = phase == '2' and self.data.unlabelled is not None and self.m.filter != 'supervised'
+    unlab = self._loader('unlab') if wants_unlab else None
     with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-        loss, logs = self.step('1b' if phase == '2' and unl is None else phase, lab, unl)
+        loss, logs = self.step('1b' if phase == '2' and unlab is None else phase, lab, unlab)
     self._check_finite(loss, logs, phase)
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()

@@ -306,8 +306,8 @@ def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = vo
     "Image, teacher prediction, its errors, entropy, ELN error probability and the ELN-filtered pseudo label."
     ex = dict(ex)
     t = float(ex.get('eln_threshold', 0.5)) if threshold is None else threshold
-    lab, pred, pal = ex['label'].astype(np.int64), ex['pred'].astype(np.int64), ex['palette']
-    wrong = (pred != lab) & (lab != 255)
+    y, pred, pal = ex['label'].astype(np.int64), ex['pred'].astype(np.int64), ex['palette']
+    wrong = (pred != y) & (y != 255)
     keep = ex['eln'].astype(np.float32) > t
     pseudo = np.where(keep, pred, 255)
     fig = Figure(figsize=figsize)
@@ -317,7 +317,7 @@ def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = vo
     _show(axs[0, 2], wrong, f'teacher wrong: {100 * wrong.mean():.0f}% of pixels', cmap='gray')
     _show(axs[1, 0], ex['ent'].astype(np.float32), 'entropy (normalised)', cmap='magma', vmin=0, vmax=1)
     _show(axs[1, 1], 1 - ex['eln'].astype(np.float32), 'ELN error probability', cmap='magma', vmin=0, vmax=1)
-    kept_right = (keep & ~wrong & (lab != 255)).sum() / max((keep & (lab != 255)).sum(), 1)
+    kept_right = (keep & ~wrong & (y != 255)).sum() / max((keep & (y != 255)).sum(), 1)
     _show(axs[1, 2], colorize(pseudo, pal),
           f'pseudo label after the ELN\n{100 * keep.mean():.0f}% kept, {100 * kept_right:.0f}% of them right')
     fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.05, hspace=0.22)
