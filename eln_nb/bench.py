@@ -106,41 +106,41 @@ def reference_time_isolated(threads:int=2) -> float:
                             'the ResNet-50 reference'))
 
 # %% ../nbs/12_bench.ipynb #409cfef3
-def batch_sources(cfg:BenchConfig, device) -> tuple:
+def batch_sources(bcfg:BenchConfig, device) -> tuple:
     "Endless (labelled, unlabelled) batch iterators already on `device`."
-    B, S, C, cl = cfg.batch, cfg.size, cfg.num_classes, cfg.channels_last
-    if cfg.data == 'synthetic-tensors':
-        g = torch.Generator().manual_seed(cfg.seed)
+    B, S, C, cl = bcfg.batch, bcfg.size, bcfg.num_classes, bcfg.channels_last
+    if bcfg.data == 'synthetic-tensors':
+        g = torch.Generator().manual_seed(bcfg.seed)
         lab = _to({'image': torch.randn(B, 3, S, S, generator=g), 'label': torch.randint(0, C, (B, S, S), generator=g)},
                   device, cl)
         unlab = _to({'weak': torch.randn(B, 3, S, S, generator=g), 'strong': torch.randn(B, 3, S, S, generator=g),
                    'label': torch.full((B, S, S), 255)}, device, cl)
         return itertools.repeat(lab), itertools.repeat(unlab)
-    ds = SyntheticScenes(n=max(4 * B, 8), size=S, num_classes=C, seed=cfg.seed)
-    lab = make_loader(ds, B, cfg.seed, view=LabelledView(crop=S), num_workers=cfg.workers)
-    unlab = make_loader(ds, B, cfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=cfg.workers)
+    ds = SyntheticScenes(n=max(4 * B, 8), size=S, num_classes=C, seed=bcfg.seed)
+    lab = make_loader(ds, B, bcfg.seed, view=LabelledView(crop=S), num_workers=bcfg.workers)
+    unlab = make_loader(ds, B, bcfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=bcfg.workers)
     return (_to(b, device, cl) for b in lab), (_to(b, device, cl) for b in unlab)
 
 # %% ../nbs/12_bench.ipynb #18be5729
 class Bench:
     "Networks, optimizer, scaler, batch sources and timers of one benchmark process."
-    def __init__(self, cfg:BenchConfig):
-        self.cfg = cfg
-        if cfg.threads: torch.set_num_threads(cfg.threads)
-        self.device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto'
-                                   else cfg.device)
-        if cfg.amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={cfg.amp!r}; choose off, bf16 or fp16")
-        self.amp = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[cfg.amp]
-        torch.manual_seed(cfg.seed)
-        self.m = ELNModels(cfg.num_classes, cfg.backbone, eln_backbone=cfg.eln_backbone, pretrained=False,
+    def __init__(self, bcfg:BenchConfig):
+        self.bcfg = bcfg
+        if bcfg.threads: torch.set_num_threads(bcfg.threads)
+        self.device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if bcfg.device == 'auto'
+                                   else bcfg.device)
+        if bcfg.amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={bcfg.amp!r}; choose off, bf16 or fp16")
+        self.amp = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[bcfg.amp]
+        torch.manual_seed(bcfg.seed)
+        self.m = ELNModels(bcfg.num_classes, bcfg.backbone, eln_backbone=bcfg.eln_backbone, pretrained=False,
                            eln_pretrained=False)
         self.m.to(self.device)
-        if cfg.channels_last: self.m.to(memory_format=torch.channels_last)
-        if cfg.compile: compile_networks(self.m)
+        if bcfg.channels_last: self.m.to(memory_format=torch.channels_last)
+        if bcfg.compile: compile_networks(self.m)
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(cfg.seed)
-        self.lab, self.unlab = batch_sources(cfg, self.device)
+        self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(bcfg.seed)
+        self.lab, self.unlab = batch_sources(bcfg, self.device)
         self.teacher_started, self.aux_on = False, None
 
     def autocast(self):
@@ -265,24 +265,24 @@ def count_flops(b:Bench, phase:str) -> float:
 
 def measure_phase(b:Bench, phase:str) -> dict:
     "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
-    cfg = b.cfg
+    bcfg = b.bcfg
     if b.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(b.device)
-    warm = [iteration(b, phase) for _ in range(max(cfg.warmup, 1))]
-    ts = warm[cfg.warmup:]                                       # one timed iteration if warmup == 0
-    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:cfg.warmup]}
+    warm = [iteration(b, phase) for _ in range(max(bcfg.warmup, 1))]
+    ts = warm[bcfg.warmup:]                                       # one timed iteration if warmup == 0
+    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:bcfg.warmup]}
     lab, unlab = next(b.lab), next(b.unlab)
-    fl = [floor_iteration(b, phase, lab, unlab) for _ in range(cfg.warmup)] if cfg.floor else []
-    fl = fl[cfg.warmup:]
-    while len(ts) < cfg.iters:
+    fl = [floor_iteration(b, phase, lab, unlab) for _ in range(bcfg.warmup)] if bcfg.floor else []
+    fl = fl[bcfg.warmup:]
+    while len(ts) < bcfg.iters:
         ts.append(iteration(b, phase))
-        if cfg.floor: fl.append(floor_iteration(b, phase, lab, unlab))
-    if cfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unlab))
+        if bcfg.floor: fl.append(floor_iteration(b, phase, lab, unlab))
+    if bcfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unlab))
     r.update(_stats(ts))
-    r['images_per_s'] = cfg.batch * (2 if phase == '2' else 1) / r['median_s']
-    if cfg.floor:
+    r['images_per_s'] = bcfg.batch * (2 if phase == '2' else 1) / r['median_s']
+    if bcfg.floor:
         r.update({'floor_median_s': statistics.median(fl), 'floor_min_s': min(fl), 'floor_times_s': fl})
         r['floor_ratio'] = r['median_s'] / r['floor_median_s']
-    if cfg.flops:
+    if bcfg.flops:
         r['gflop'] = count_flops(b, phase) / 1e9
         r['tflop_per_s'] = r['gflop'] / 1e3 / r['median_s']
     return r
@@ -293,50 +293,50 @@ def measure_breakdown(b:Bench, n:int) -> dict:
     rs = [breakdown_iteration(b) for _ in range(n)]
     return {k: statistics.fmean(r[k] for r in rs) for k in (*BREAKDOWN, 'total')}
 
-def run_phases(cfg:BenchConfig) -> dict:
-    "Measure `cfg.phases` (and the breakdown) in this process -> {'phases': {...}, 'breakdown': {...} or None}."
+def run_phases(bcfg:BenchConfig) -> dict:
+    "Measure `bcfg.phases` (and the breakdown) in this process -> {'phases': {...}, 'breakdown': {...} or None}."
     # in a fresh process: Python, torch and the package alone
     base = peak_memory_mb(torch.device('cpu'))
-    b = Bench(cfg)
+    b = Bench(bcfg)
     out = {'phases': {}, 'breakdown': None, 'isolated': False, 'base_rss_mb': base}
-    for ph in cfg.phases:
+    for ph in bcfg.phases:
         out['phases'][ph] = measure_phase(b, ph)
         gc.collect()
-        if ph == '2' and cfg.breakdown_iters: out['breakdown'] = measure_breakdown(b, cfg.breakdown_iters)
+        if ph == '2' and bcfg.breakdown_iters: out['breakdown'] = measure_breakdown(b, bcfg.breakdown_iters)
     out['threads'] = torch.get_num_threads()
     return out
 
 # %% ../nbs/12_bench.ipynb #a574f55e
-def config_args(cfg:BenchConfig) -> list:
-    "The command-line options that reproduce `cfg`."
+def config_args(bcfg:BenchConfig) -> list:
+    "The command-line options that reproduce `bcfg`."
     args = []
     for f in fields(BenchConfig):
-        v, opt = getattr(cfg, f.name), '--' + f.name.replace('_', '-')
+        v, opt = getattr(bcfg, f.name), '--' + f.name.replace('_', '-')
         if isinstance(v, bool): args.append(opt if v else '--no-' + f.name.replace('_', '-'))
         elif isinstance(v, (tuple, list)): args += [opt, *map(str, v)]
         else: args += [opt, str(v)]
     return args
 
-def run_isolated(cfg:BenchConfig) -> dict:
+def run_isolated(bcfg:BenchConfig) -> dict:
     "Each phase in its own subprocess -> merged result of `run_phases`."
     out = {'phases': {}, 'breakdown': None, 'isolated': True}
-    for ph in cfg.phases:
-        argv = config_args(cfg) + ['--phases', ph, '--isolate', 'off', '--json']
+    for ph in bcfg.phases:
+        argv = config_args(bcfg) + ['--phases', ph, '--isolate', 'off', '--json']
         code = f'import sys; from eln_nb.bench import bench_main; sys.exit(bench_main({argv!r}))'
-        child = json.loads(run_python(code, cfg.threads, f'phase {ph} in its subprocess'))
+        child = json.loads(run_python(code, bcfg.threads, f'phase {ph} in its subprocess'))
         out['phases'][ph] = child['phases'][ph]
         out['threads'], out['base_rss_mb'] = child['threads'], child['base_rss_mb']
         if ph == '2': out['breakdown'] = child['breakdown']
     return out
 
 # %% ../nbs/12_bench.ipynb #cb97b468
-def is_anchor_preset(cfg:BenchConfig, device:str='cpu') -> bool:
-    "True when `cfg` is the anchor's network/size/batch/threads/device preset (precision and layout may differ)."
+def is_anchor_preset(bcfg:BenchConfig, device:str='cpu') -> bool:
+    "True when `bcfg` is the anchor's network/size/batch/threads/device preset (precision and layout may differ)."
     p = ANCHOR['preset']
-    return all(getattr(cfg, k) == p[k]
+    return all(getattr(bcfg, k) == p[k]
                for k in ('backbone', 'eln_backbone', 'size', 'batch', 'num_classes', 'threads')) and device == 'cpu'
 
-def summarize(cfg:BenchConfig, res:dict, info:dict) -> dict:
+def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     "Measurements + machine info -> the JSON report."
     ph, out = res['phases'], {}
     for p in PHASES:
@@ -349,7 +349,7 @@ def summarize(cfg:BenchConfig, res:dict, info:dict) -> dict:
     out['peak_memory_mb'] = max(out['peak_memory_mb_per_phase'].values())
     out['peak_memory_isolated'] = res['isolated']
     out['phases'], out['breakdown'] = ph, res['breakdown']
-    anchor = is_anchor_preset(cfg, info['device'])
+    anchor = is_anchor_preset(bcfg, info['device'])
     out['anchor_ratio'] = {p: ph[p]['median_s'] / ANCHOR['median_s'][p] for p in ph} if anchor else None
     out['anchor_min_ratio'] = {p: ph[p]['min_s'] / ANCHOR['min_s'][p] for p in ph} if anchor else None
     out['anchor_memory_ratio'] = ({p: ph[p]['peak_memory_mb'] / 1024 / ANCHOR['peak_rss_gib'][p] for p in ph}
@@ -358,7 +358,7 @@ def summarize(cfg:BenchConfig, res:dict, info:dict) -> dict:
     out['machine_factor'] = f or None                          # > 1: this machine is slower than nominal today
     out['anchor_ratio_adjusted'] = {p: r / f for p, r in out['anchor_ratio'].items()} if anchor and f else None
     out['anchor'] = ANCHOR
-    return {**out, 'base_rss_mb': res.get('base_rss_mb'), 'config': asdict(cfg), 'threads': res.get('threads'), **info}
+    return {**out, 'base_rss_mb': res.get('base_rss_mb'), 'config': asdict(bcfg), 'threads': res.get('threads'), **info}
 
 # %% ../nbs/12_bench.ipynb #5f1ecba1
 def _f(v, fmt='.3f'): return '-' if v is None else format(v, fmt)
@@ -446,24 +446,24 @@ def bench_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/12_bench.ipynb #dc8cb9d5
-def run_bench(cfg:BenchConfig) -> dict:
-    "Run the benchmark described by `cfg` -> the JSON report."
+def run_bench(bcfg:BenchConfig) -> dict:
+    "Run the benchmark described by `bcfg` -> the JSON report."
     info = machine_info()
     info['loadavg_start'] = info['loadavg']
-    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
+    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if bcfg.device == 'auto' else bcfg.device
     info['device'] = kind = torch.device(dev).type
-    if kind == 'cpu' and cfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
-    cal = cfg.calibrate and kind == 'cpu'
+    if kind == 'cpu' and bcfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
+    cal = bcfg.calibrate and kind == 'cpu'
     # before and after the phases: the machine drifts
-    ref = [reference_time_isolated(cfg.threads or 2)] if cal else []
-    res = run_isolated(cfg) if cfg.isolate == 'on' or (cfg.isolate == 'auto' and kind == 'cpu') else run_phases(cfg)
-    if cal: ref.append(reference_time_isolated(cfg.threads or 2))
+    ref = [reference_time_isolated(bcfg.threads or 2)] if cal else []
+    res = run_isolated(bcfg) if bcfg.isolate == 'on' or (bcfg.isolate == 'auto' and kind == 'cpu') else run_phases(bcfg)
+    if cal: ref.append(reference_time_isolated(bcfg.threads or 2))
     info['reference_times_s'], info['reference_s'] = ref, (statistics.fmean(ref) if ref else None)
     info['loadavg'] = list(os.getloadavg())
     if kind == 'cuda': info['gpu'] = torch.cuda.get_device_name(torch.device(dev))
-    rep = summarize(cfg, res, info)
-    if cfg.peak_tflops:
-        rep['mfu'] = {p: r['tflop_per_s'] / cfg.peak_tflops for p, r in rep['phases'].items() if 'tflop_per_s' in r}
+    rep = summarize(bcfg, res, info)
+    if bcfg.peak_tflops:
+        rep['mfu'] = {p: r['tflop_per_s'] / bcfg.peak_tflops for p, r in rep['phases'].items() if 'tflop_per_s' in r}
     return rep
 
 def bench_main(argv=None) -> int:

@@ -35,7 +35,7 @@ def head(in_channels, out_channels, mid=256):
 
 # %% ../nbs/03_decoders.ipynb #a711c0f3
 class Decoder(nn.Module):
-    "ASPP + DeepLabV3+ decoder + Seg (+ Proj) head: (high, low) -> (logits [B,C,H/4,W/4], emb [B,D,H/4,W/4] or None)"
+    "ASPP + DeepLabV3+ decoder + Seg (+ Proj) head: (high, low) -> (logits [B,C,H/4,W/4], emb [B,d,H/4,W/4] or None)"
     def __init__(self, num_classes, high_channels=2048, low_channels=256, output_stride=16,
                  proj_dim=128,        # None: no Proj head
                  aspp_dropout=0.1):   # 0.5 in the ELN

@@ -70,9 +70,9 @@ def pseudo_label_loss(student_logits:torch.Tensor,
 
 # %% ../nbs/05_losses.ipynb #8c7e4e81
 def _window_contrast(t, s, y, k, C, tau):
-    "Mean over present classes of l_c in one window: t,s [V,D] normalised, y [V] class ids, k [V] kept (0/1 float)."
+    "Mean over present classes of l_c in one window: t,s [V,d] normalised, y [V] class ids, k [V] kept (0/1 float)."
     Y = F.one_hot(y, C).to(t.dtype) * k[:, None]                       # [V,C] kept one-hot
-    # [V,V] anchors (rows) x positives/negatives (cols); /tau on [V,D], not [V,V]
+    # [V,V] anchors (rows) x positives/negatives (cols); /tau on [V,d], not [V,V]
     G = torch.exp((t / tau) @ s.T)
     GY = G @ torch.cat([Y, k[:, None] - Y], 1)                         # [V,2C]: sums over A_c and over V \ A_c
     P, N = (Y * GY[:, :C]).sum(0), (Y * GY[:, C:]).sum(0)              # [C], [C]
@@ -84,13 +84,13 @@ def _window_contrast(t, s, y, k, C, tau):
 
 # %% ../nbs/05_losses.ipynb #d113d3a7
 def _crop(x, i, j, wh, ww):
-    "Pixels of the window at (i,j) of size (wh,ww), pooled over the batch: [B,D,H,W] -> [V,D], [B,H,W] -> [V]."
+    "Pixels of the window at (i,j) of size (wh,ww), pooled over the batch: [B,d,H,W] -> [V,d], [B,H,W] -> [V]."
     x = x[..., i:i+wh, j:j+ww]
     return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() == 4 else x.reshape(-1)
 
 # %% ../nbs/05_losses.ipynb #c4c2b245
-def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,D,h,w] teacher embeddings: anchors (no gradient)
-                           f_student:torch.Tensor, # [B,D,h,w] student embeddings: positives and negatives
+def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,d,h,w] teacher embeddings: anchors (no gradient)
+                           f_student:torch.Tensor, # [B,d,h,w] student embeddings: positives and negatives
                            pseudo:torch.Tensor, # [B,h,w] int64 pseudo labels (255 = not kept)
                            keep:torch.Tensor, # [B,h,w] bool, kept pixels (the ELN mask)
                            tau:float=0.5, windows:int=8, window_size:int=32,

@@ -62,20 +62,20 @@ class MethodConfig:
     eln_reuse_preds: bool = True      # Deviation: the ELN judges the training forward's predictions (official: False)
 
 # %% ../nbs/07_stage1.ipynb #4574fa2d
-def phase1a_step(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig()):
+def phase1a_step(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig()):
     "L_sup on a labelled batch {'image' [B,3,H,W], 'label' [B,H,W]} -> (loss, logs)."
     logits, _ = m.student(lab['image'])
-    l_sup = sup_loss(logits, lab['label'], cfg.ignore_index)
+    l_sup = sup_loss(logits, lab['label'], mcfg.ignore_index)
     return l_sup, {'sup': l_sup.detach()}
 
 # %% ../nbs/07_stage1.ipynb #f2b727e9
-def aux_losses(m:ELNModels, high, low, y, l_sup, cfg:MethodConfig=MethodConfig()):
+def aux_losses(m:ELNModels, high, low, y, l_sup, mcfg:MethodConfig=MethodConfig()):
     "(L_aux, [l_k], [detached logits z_k [B,C,h,w]], [active_k]); an inactive decoder's graph is freed at once."
-    if len(cfg.alphas) != len(m.aux): raise ValueError(f"{len(m.aux)} auxiliary decoders but alphas={cfg.alphas}")
+    if len(mcfg.alphas) != len(m.aux): raise ValueError(f"{len(m.aux)} auxiliary decoders but alphas={mcfg.alphas}")
     l_aux, l_k, preds, active = l_sup.new_zeros(()), [], [], []
-    for d, alpha in zip(m.aux, cfg.alphas):
+    for d, alpha in zip(m.aux, mcfg.alphas):
         z_k = d(high.detach(), low.detach())[0]
-        l = sup_loss(z_k, y, cfg.ignore_index)
+        l = sup_loss(z_k, y, mcfg.ignore_index)
         on = bool(l.detach() >= alpha * l_sup.detach())       # the official `if l_k >= alpha_k * L_sup`
         if on: l_aux = l_aux + l
         l_k.append(l.detach())
@@ -84,15 +84,15 @@ def aux_losses(m:ELNModels, high, low, y, l_sup, cfg:MethodConfig=MethodConfig()
     return l_aux, l_k, preds, active
 
 # %% ../nbs/07_stage1.ipynb #3b6d250f
-def eln_terms(m:ELNModels, image, preds, target, cfg:MethodConfig=MethodConfig()) -> list:
+def eln_terms(m:ELNModels, image, preds, target, mcfg:MethodConfig=MethodConfig()) -> list:
     "L_ELN (or the s-ECN's CE) for each prediction in `preds` (list of [B,C,h,w], no gradient) -> list of scalars."
     J = len(preds)
-    if cfg.eln_batched: outs = m.eln(image.repeat(J, 1, 1, 1), torch.cat(preds)).chunk(J)      # pooled statistics
-    elif cfg.eln_stack:
+    if mcfg.eln_batched: outs = m.eln(image.repeat(J, 1, 1, 1), torch.cat(preds)).chunk(J)      # pooled statistics
+    elif mcfg.eln_stack:
         with per_source_bn(m.eln, J): outs = m.eln(image.repeat(J, 1, 1, 1), torch.cat(preds)).chunk(J)
     else: outs = [m.eln(image, z) for z in preds]               # official: one forward (and BatchNorm batch) per source
-    if m.filter == 'ecn': return [sup_loss(o, target, cfg.ignore_index) for o in outs]
-    return [eln_loss(o, z, target, cfg.ignore_index, cfg.ignore_as_error) for o, z in zip(outs, preds)]
+    if m.filter == 'ecn': return [sup_loss(o, target, mcfg.ignore_index) for o in outs]
+    return [eln_loss(o, z, target, mcfg.ignore_index, mcfg.ignore_as_error) for o, z in zip(outs, preds)]
 
 # %% ../nbs/07_stage1.ipynb #ec6d0044
 @torch.no_grad()
@@ -105,29 +105,29 @@ def official_eln_preds(m:ELNModels, x) -> list:
 # %% ../nbs/07_stage1.ipynb #31b361ca
 def untimed(name:str): return contextlib.nullcontext()
 
-def labelled_terms(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig(), timer=untimed):
+def labelled_terms(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig(), timer=untimed):
     "{'sup': L_sup, 'aux': L_aux, 'eln': L_ELN} on a labelled batch, and logs; `timer(piece)` wraps each piece."
     x, y = lab['image'], lab['label']
     with timer('student_fwd_bwd'):
         high, low = m.student.encode(x)
         z, _ = m.student.decode(high, low)
-        l_sup = sup_loss(z, y, cfg.ignore_index)
+        l_sup = sup_loss(z, y, mcfg.ignore_index)
     if m.eln is None: return {'sup': l_sup}, {'sup': l_sup.detach()}
     with timer('aux'):
-        if not cfg.eln_reuse_preds:
+        if not mcfg.eln_reuse_preds:
             with torch.no_grad(): high, low = m.student.encode(x)      # official: the aux decoders' own encoder pass
-        l_aux, l_k, preds, on = aux_losses(m, high, low, y, l_sup, cfg)
+        l_aux, l_k, preds, on = aux_losses(m, high, low, y, l_sup, mcfg)
     with timer('eln'):
-        preds = preds + [z.detach()] if cfg.eln_reuse_preds else official_eln_preds(m, x)
-        l_eln = torch.stack(eln_terms(m, x, preds, y, cfg)).sum()
+        preds = preds + [z.detach()] if mcfg.eln_reuse_preds else official_eln_preds(m, x)
+        l_eln = torch.stack(eln_terms(m, x, preds, y, mcfg)).sum()
     logs = {'sup': l_sup.detach(), 'aux': l_aux.detach(), 'eln': l_eln.detach(),
             **{f'aux{k}': l for k, l in enumerate(l_k)},
             **{f'aux{k}_on': torch.tensor(float(a)) for k, a in enumerate(on)}}
     return {'sup': l_sup, 'aux': l_aux, 'eln': l_eln}, logs
 
-def labelled_losses(m:ELNModels, lab:dict, cfg:MethodConfig=MethodConfig(), timer=untimed):
+def labelled_losses(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig(), timer=untimed):
     "L_sup + L_aux + L_ELN on a labelled batch -> (loss, logs)."
-    terms, logs = labelled_terms(m, lab, cfg, timer)
+    terms, logs = labelled_terms(m, lab, mcfg, timer)
     return sum(terms.values()), logs
 
 phase1b_step = labelled_losses

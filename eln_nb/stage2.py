@@ -34,31 +34,31 @@ def start_teacher(m:ELNModels):
 
 # %% ../nbs/08_stage2.ipynb #70a80844
 @torch.no_grad()
-def pseudo_labels(m:ELNModels, weak:torch.Tensor, cfg:MethodConfig=MethodConfig(), timer=untimed):
-    "Teacher forward on the weak view and the filter -> (target logits [B,C,h,w], f_t [B,D,h,w], keep [B,h,w] bool)."
+def pseudo_labels(m:ELNModels, weak:torch.Tensor, mcfg:MethodConfig=MethodConfig(), timer=untimed):
+    "Teacher forward on the weak view and the filter -> (target logits [B,C,h,w], f_t [B,d,h,w], keep [B,h,w] bool)."
     with timer('teacher_fwd'): z_t, f_t = m.teacher(weak, dropout=False)
     keep = torch.ones_like(z_t[:, 0], dtype=torch.bool)
     with timer('eln'):
         if m.filter == 'eln':
             keep = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])[:,
-                                                                                      0].sigmoid() > cfg.eln_threshold
+                                                                                      0].sigmoid() > mcfg.eln_threshold
         elif m.filter == 'ecn':
             z_t = resize_to(m.eln(weak, z_t, dropout=False).float(), z_t.shape[-2:])
-    if m.filter == 'threshold': keep = z_t.float().softmax(1).amax(1) >= cfg.conf_threshold
+    if m.filter == 'threshold': keep = z_t.float().softmax(1).amax(1) >= mcfg.conf_threshold
     return z_t, f_t, keep
 
 # %% ../nbs/08_stage2.ipynb #6def8dba
-def _diagnostics(z_t, keep, y, cfg) -> dict:
+def _diagnostics(z_t, keep, y, mcfg) -> dict:
     "Where labels are known: how right are the pseudo labels, kept and all?"
     y = F.interpolate(y[:, None].float(), size=keep.shape[-2:], mode='nearest')[:, 0].long()
-    known = y != cfg.ignore_index
+    known = y != mcfg.ignore_index
     right = (z_t.argmax(1) == y) & known
     return {'pl_acc_kept': (right & keep).sum() / (keep & known).sum().clamp(min=1),
             'pl_acc_all': right.sum() / known.sum().clamp(min=1)}
 
-def unlabelled_terms(m:ELNModels, unlab:dict, cfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
+def unlabelled_terms(m:ELNModels, unlab:dict, mcfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
     "({'st': L_st, 'con': L_con}, the student's embeddings f_s of both views, logs) on {'weak', 'strong', 'label'}."
-    z_t, f_t, keep = pseudo_labels(m, unlab['weak'], cfg, timer)
+    z_t, f_t, keep = pseudo_labels(m, unlab['weak'], mcfg, timer)
     with timer('other'): pseudo = torch.where(keep, z_t.argmax(1), torch.full_like(keep, 255, dtype=torch.long))
     l_st, l_con, feats = 0., 0., []
     for view in ('weak', 'strong'):
@@ -66,24 +66,24 @@ def unlabelled_terms(m:ELNModels, unlab:dict, cfg:MethodConfig=MethodConfig(), g
             z_s, f_s = m.student(unlab[view])
             l_st = l_st + pseudo_label_loss(z_s, z_t, keep)
         with timer('contrastive'):
-            l_con = l_con + pixel_contrastive_loss(f_t, resize_to(f_s, f_t.shape[-2:]), pseudo, keep, cfg.tau,
-                                                   cfg.windows, cfg.window_size, generator)
+            l_con = l_con + pixel_contrastive_loss(f_t, resize_to(f_s, f_t.shape[-2:]), pseudo, keep, mcfg.tau,
+                                                   mcfg.windows, mcfg.window_size, generator)
         feats.append(f_s)
     logs = {'st': l_st.detach(), 'con': l_con.detach(), 'keep': keep.float().mean()}
     with timer('other'):
-        if unlab.get('label') is not None: logs.update(_diagnostics(z_t, keep, unlab['label'], cfg))
+        if unlab.get('label') is not None: logs.update(_diagnostics(z_t, keep, unlab['label'], mcfg))
     return {'st': l_st, 'con': l_con}, feats, logs
 
 # %% ../nbs/08_stage2.ipynb #44e3da63
-def unlabelled_losses(m:ELNModels, unlab:dict, cfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
+def unlabelled_losses(m:ELNModels, unlab:dict, mcfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
     "lambda_st * L_st + lambda_con * L_con on an unlabelled batch -> (loss, logs)."
-    t, _, logs = unlabelled_terms(m, unlab, cfg, generator, timer)
-    return cfg.lambda_st * t['st'] + cfg.lambda_con * t['con'], logs
+    t, _, logs = unlabelled_terms(m, unlab, mcfg, generator, timer)
+    return mcfg.lambda_st * t['st'] + mcfg.lambda_con * t['con'], logs
 
-def semi_step(m:ELNModels, lab:dict, unlab:dict, cfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
+def semi_step(m:ELNModels, lab:dict, unlab:dict, mcfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
     "One stage-2 step: stage 1's labelled losses plus self-training and contrast on unlabelled data -> (loss, logs)."
-    t, logs = labelled_terms(m, lab, cfg, timer)
+    t, logs = labelled_terms(m, lab, mcfg, timer)
     loss = sum(t.values())
     if m.filter == 'supervised': return loss, logs
-    l_u, logs_u = unlabelled_losses(m, unlab, cfg, generator, timer)
+    l_u, logs_u = unlabelled_losses(m, unlab, mcfg, generator, timer)
     return loss + l_u, {**logs, **logs_u}
