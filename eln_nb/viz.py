@@ -139,17 +139,17 @@ class ErrorAnalyzer:
         self.info = info or getattr(dataset, 'info', None) or getattr(getattr(dataset, 'dataset', None), 'info', None)
         self.view, self.cache = EvalView(resize), {}
         self.device = device or next(models.parameters()).device
-        self.decoders = ['main'] + [f'aux{k+1}' for k in range(len(models.aux or []))] + (['teacher'] if teacher
-                                                                                          else [])
+        aux = [f'aux{k+1}' for k in range(len(models.aux or []))]
+        self.decoders = ['main'] + aux + (['teacher'] if teacher else [])
     def __len__(self): return len(self.ds)
     def __getitem__(self, i) -> ImageResult:
         if i not in self.cache:
             s = self.ds[i]
             x, y = self.view(s)
             logits, eln = run_models(self.m, x[None].to(self.device), self.teacher)
-            self.cache[i] = ImageResult(s.get('name', str(i)), denormalize(x).clamp(0, 1).permute(1, 2, 0), y, logits,
-                                        eln,
-                                        self.info.ignore_index if self.info else 255)
+            rgb = denormalize(x).clamp(0, 1).permute(1, 2, 0)
+            ignore = self.info.ignore_index if self.info else 255
+            self.cache[i] = ImageResult(s.get('name', str(i)), rgb, y, logits, eln, ignore)
         return self.cache[i]
 
 # %% ../nbs/10_viz.ipynb #70f4bd4f
