@@ -125,6 +125,7 @@ def compile_networks(m:ELNModels) -> ELNModels:
     for mod in mods + ([m.eln] if m.eln is not None else []): mod.compile()
     return m
 
+# %% ../nbs/09a_build.ipynb #57238fa5
 def _encoders(cfg):
     "(name, ResNet depth, weights spec) of each encoder the run builds."
     enc = [('encoder', resnet_depth(cfg.backbone), cfg.pretrained)]
@@ -135,6 +136,7 @@ def check_weights(cfg:TrainConfig) -> dict:
     return {name: find_weights(depth, _weights(spec)) for name, depth, spec in _encoders(cfg)
             if _weights(spec) is not None}
 
+# %% ../nbs/09a_build.ipynb #9af6f2bc
 def weights_status(cfg:TrainConfig) -> dict:
     "What each encoder will start from, without downloading anything (for `--dry-run`)."
     def one(depth, spec):
@@ -146,6 +148,7 @@ def weights_status(cfg:TrainConfig) -> dict:
         return spec if Path(spec).is_file() else f'MISSING: {spec}'
     return {name: one(depth, spec) for name, depth, spec in _encoders(cfg)}
 
+# %% ../nbs/09a_build.ipynb #1744d28e
 def resolve_device(spec:str='auto', local_rank:int=0) -> torch.device:
     "auto -> cuda:LOCAL_RANK when CUDA is available, else cpu."
     if spec == 'auto': return torch.device(f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu')
@@ -158,6 +161,7 @@ def cpu_has_bf16() -> bool:
     except OSError: return False
     return bool(re.search(r'\b(amx_bf16|avx512_bf16)\b', flags))
 
+# %% ../nbs/09a_build.ipynb #42744755
 def bf16_warning() -> str:
     "What to tell a user who asks for bf16 on a CPU without bf16 matrix instructions."
     return ("warning: this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 autocast is emulated and much slower than "
@@ -169,6 +173,7 @@ def cpu_has_amx() -> bool:
     try: return 'amx_bf16' in Path('/proc/cpuinfo').read_text().split()
     except OSError: return False
 
+# %% ../nbs/09a_build.ipynb #e0069417
 def resolve_channels_last(spec, device:torch.device) -> bool:
     "`channels_last` ('auto', 'on', 'off', or a bool) -> whether the run uses it; auto: on for CPUs with AMX, else off."
     if isinstance(spec, bool): return spec
