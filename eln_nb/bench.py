@@ -114,12 +114,12 @@ def batch_sources(bcfg:BenchConfig, device) -> tuple:
         lab = _to({'image': torch.randn(B, 3, S, S, generator=g), 'label': torch.randint(0, C, (B, S, S), generator=g)},
                   device, cl)
         unlab = _to({'weak': torch.randn(B, 3, S, S, generator=g), 'strong': torch.randn(B, 3, S, S, generator=g),
-                   'label': torch.full((B, S, S), 255)}, device, cl)
+                     'label': torch.full((B, S, S), 255)}, device, cl)
         return itertools.repeat(lab), itertools.repeat(unlab)
     ds = SyntheticScenes(n=max(4 * B, 8), size=S, num_classes=C, seed=bcfg.seed)
-    lab = make_loader(ds, B, bcfg.seed, view=LabelledView(crop=S), num_workers=bcfg.workers)
-    unlab = make_loader(ds, B, bcfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=bcfg.workers)
-    return (_to(b, device, cl) for b in lab), (_to(b, device, cl) for b in unlab)
+    lab_it = make_loader(ds, B, bcfg.seed, view=LabelledView(crop=S), num_workers=bcfg.workers)
+    unlab_it = make_loader(ds, B, bcfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=bcfg.workers)
+    return (_to(b, device, cl) for b in lab_it), (_to(b, device, cl) for b in unlab_it)
 
 # %% ../nbs/12_bench.ipynb #18be5729
 class Bench:
@@ -140,7 +140,7 @@ class Bench:
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(bcfg.seed)
-        self.lab, self.unlab = batch_sources(bcfg, self.device)
+        self.lab_it, self.unlab_it = batch_sources(bcfg, self.device)
         self.teacher_started, self.aux_on = False, None
 
     def autocast(self):
@@ -162,8 +162,8 @@ def iteration(b:Bench, phase:str) -> float:
         b.teacher_started = True
     b.sync()
     t0 = time.perf_counter()
-    lab = next(b.lab)
-    unlab = next(b.unlab) if phase == '2' else None
+    lab = next(b.lab_it)
+    unlab = next(b.unlab_it) if phase == '2' else None
     with b.autocast(): loss, logs = step_loss(b, phase, lab, unlab)
     b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
@@ -230,8 +230,8 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     b.sync()
     t0 = time.perf_counter()
     with T('data'):
-        lab = next(b.lab)
-        unlab = next(b.unlab)
+        lab = next(b.lab_it)
+        unlab = next(b.unlab_it)
     with b.autocast():
         lt, _ = labelled_terms(b.m, lab, c, T)
         ut, fs, _ = unlabelled_terms(b.m, unlab, c, b.gen, T)
@@ -270,7 +270,7 @@ def measure_phase(b:Bench, phase:str) -> dict:
     warm = [iteration(b, phase) for _ in range(max(bcfg.warmup, 1))]
     ts = warm[bcfg.warmup:]                                       # one timed iteration if warmup == 0
     r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:bcfg.warmup]}
-    lab, unlab = next(b.lab), next(b.unlab)
+    lab, unlab = next(b.lab_it), next(b.unlab_it)
     fl = [floor_iteration(b, phase, lab, unlab) for _ in range(bcfg.warmup)] if bcfg.floor else []
     fl = fl[bcfg.warmup:]
     while len(ts) < bcfg.iters:
@@ -417,8 +417,8 @@ def _anchor_lines(rep:dict) -> list:
 # %% ../nbs/12_bench.ipynb #731c3a8b
 _BENCH_ABOUT = """Times one training iteration of each ELN phase (1a supervised; 1b auxiliary decoders + ELN; 2
 semi-supervised) with the training code itself, the compute floor of the same modules on the same batch, the peak
-memory, and a per-piece breakdown of the semi-supervised iteration; compares with the official implementation's anchor
-timings.
+memory, and a per-piece breakdown of the semi-supervised iteration; compares with the official implementation's
+anchor timings.
 The defaults are the anchor's preset: ResNet-50 + ELN ResNet-34, 321x321 crops, 2 labelled (+2 unlabelled) images, fp32,
 2 threads, random init."""
 _BENCH_EXAMPLES = '''examples:

@@ -32,7 +32,7 @@ def reset_shortcuts(encoder):
 
 # %% ../nbs/04_eln.ipynb #64048417
 class ELN(nn.Module):
-    "Error localization network: (normalised image [B,3,H,W], logits [B,C,h,w]) -> logit of 'correct' [B,1,H/4,W/4]"
+    "Error localization network: (normalised image [B,3,H,W], logits [B,C,h,w]) -> [B,out_channels,H/4,W/4]"
     def __init__(self, num_classes, backbone='resnet34', output_stride=16, pretrained=None, out_channels=1,
                  copy_rgb=False,          # Deviation: start conv1 from the RGB filters (official: fresh init)
                  dilate=True,             # False: official (layer4 of the BasicBlock ResNet is not dilated)
