@@ -19,7 +19,7 @@ from .data import SyntheticScenes, LabelledView, UnlabelledViews, make_loader
 from .stage1 import (ELNModels, MethodConfig, phase1a_step, phase1b_step, labelled_terms, make_optimizer,
                            fill_zero_grads)
 from .stage2 import semi_step, unlabelled_terms, ema_update, start_teacher
-from .build import compile_networks
+from .build import compile_networks, resolve_device
 from .train import cpu_has_bf16, bf16_warning, peak_memory_mb, _to
 from .cli import field_help
 
@@ -127,8 +127,7 @@ class Bench:
     def __init__(self, bcfg:BenchConfig):
         self.bcfg = bcfg
         if bcfg.threads: torch.set_num_threads(bcfg.threads)
-        self.device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if bcfg.device == 'auto'
-                                   else bcfg.device)
+        self.device = resolve_device(bcfg.device)
         if bcfg.amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={bcfg.amp!r}; choose off, bf16 or fp16")
         self.amp = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[bcfg.amp]
         torch.manual_seed(bcfg.seed)
@@ -450,8 +449,8 @@ def run_bench(bcfg:BenchConfig) -> dict:
     "Run the benchmark described by `bcfg` -> the JSON report."
     info = machine_info()
     info['loadavg_start'] = info['loadavg']
-    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if bcfg.device == 'auto' else bcfg.device
-    info['device'] = kind = torch.device(dev).type
+    dev = resolve_device(bcfg.device)
+    info['device'] = kind = dev.type
     if kind == 'cpu' and bcfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
     cal = bcfg.calibrate and kind == 'cpu'
     # before and after the phases: the machine drifts
@@ -460,7 +459,7 @@ def run_bench(bcfg:BenchConfig) -> dict:
     if cal: ref.append(reference_time_isolated(bcfg.threads or 2))
     info['reference_times_s'], info['reference_s'] = ref, (statistics.fmean(ref) if ref else None)
     info['loadavg'] = list(os.getloadavg())
-    if kind == 'cuda': info['gpu'] = torch.cuda.get_device_name(torch.device(dev))
+    if kind == 'cuda': info['gpu'] = torch.cuda.get_device_name(dev)
     rep = summarize(bcfg, res, info)
     if bcfg.peak_tflops:
         rep['mfu'] = {p: r['tflop_per_s'] / bcfg.peak_tflops for p, r in rep['phases'].items() if 'tflop_per_s' in r}
