@@ -6,7 +6,7 @@
 __all__ = ['CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/09b_checkpoints.ipynb #0ea8f7b8
-import contextlib, dataclasses, json, math, os, pickle, random, re, resource, sys, time, warnings
+import contextlib, dataclasses, json, math, os, pickle, random, re, resource, shutil, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from fastcore.basics import patch
@@ -30,7 +30,7 @@ from .stage2 import ema_update, start_teacher, reset_student_to_teacher
 
 # %% ../nbs/09b_checkpoints.ipynb #0708ba42
 class CheckpointError(RuntimeError):
-    "A checkpoint that cannot be read: the message names the file."
+    "A checkpoint that cannot be read or written: the message names the file."
 
 def rng_state(generator=None) -> dict:
     "Every random state of this process (tensors and primitives only)."
@@ -54,14 +54,25 @@ def set_rng_state(st:dict, generator=None):
 
 # %% ../nbs/09b_checkpoints.ipynb #07569ccf
 def save_checkpoint(state:dict, path, keep_prev:bool=True):
-    "Write `state` atomically (tmp file, fsync, rename); the replaced file becomes `<name>.prev.pt` when `keep_prev`."
+    """Write `state` atomically (tmp file, fsync, rename); the replaced file becomes `<name>.prev.pt` when `keep_prev`.
+
+    A failed write (a full disk, say) removes the tmp file and raises a `CheckpointError`; the old file stays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'wb') as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)                           # no half-written file left behind
+        # a full disk shows up as an OSError, or as a RuntimeError from torch's zip writer
+        if not isinstance(e, (OSError, RuntimeError)): raise
+        free = shutil.disk_usage(path.parent).free / 2**30
+        why = ' '.join(str(e).split())[:200]
+        raise CheckpointError(f"{path}: could not write the checkpoint ({type(e).__name__}: {why}); "
+                              f"{free:.1f} GiB free there; the file that was there before is untouched") from e
     if keep_prev and path.exists(): os.replace(path, path.with_name(path.stem + '.prev.pt'))
     os.replace(tmp, path)
 

@@ -105,6 +105,7 @@ def test_failing_part_is_recorded(tmp_path):
     assert 'FAILED: torchrun' in r.stdout
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(not os.environ.get('ELN_NB_SLOW'), reason='slow (minutes of inductor compilation on CPU): set ELN_NB_SLOW=1')
 def test_compile_part_really_compiles(tmp_path):
     "The compile part with inductor really compiling (1 to 7 minutes on 2 CPU cores, as warm the inductor cache is)."

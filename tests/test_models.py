@@ -192,6 +192,7 @@ def test_convert_sync_batchnorm():
     assert outs[-1].shape == (2, 1, 9, 9)
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(not environ.get('ELN_NB_SLOW'), reason='slow (minutes of inductor compilation on CPU): set ELN_NB_SLOW=1')
 def test_torch_compile():
     seg, aux, eln = [n.eval() for n in _nets()]
