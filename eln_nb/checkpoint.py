@@ -76,6 +76,7 @@ def save_checkpoint(state:dict, path, keep_prev:bool=True):
     if keep_prev and path.exists(): os.replace(path, path.with_name(path.stem + '.prev.pt'))
     os.replace(tmp, path)
 
+# %% ../nbs/09b_checkpoints.ipynb #e3af4747
 def _reason(e) -> str:
     "The cause of a failed load in one line, without PyTorch's advice to load with the safety off."
     s = str(e)

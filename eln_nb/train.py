@@ -93,7 +93,8 @@ def param_counts(m:ELNModels) -> dict:
 # %% ../nbs/09d_train.ipynb #188970dd
 class Trainer:
     "One run: build everything from a `TrainConfig`, resume if possible, `fit()` to the end and write `report.json`."
-    def __init__(self, cfg:TrainConfig, resume=None, log=print):
+    def _setup(self, cfg:TrainConfig, log=print):
+        "Threads, determinism, the process group, device, schedule and autocast dtype of the run `cfg`."
         self.cfg, self.log, self.t0 = cfg, log, time.time()
         if cfg.threads: torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
@@ -105,40 +106,62 @@ class Trainer:
         self.amp = resolve_amp(cfg.amp, self.device, cfg.official)
         if self.main and self.amp == torch.bfloat16 and self.device.type == 'cpu' and not cpu_has_bf16():
             print(bf16_warning(), file=sys.stderr, flush=True)
-        # missing ImageNet weights stop the run here
-        self.weights = check_weights(cfg)
-        self.data = build_data(cfg)
-        t = time.time()
-        n = check_run_files(self.data, cfg, self.rank, self.ws)
-        if n and self.main: log(f"checked the files of {n} images ({cfg.check_files}) in {time.time() - t:.1f} s")
-        torch.manual_seed(cfg.seed)                                          # identical initial weights on every rank
-        self.m = build_models(cfg, self.data.info.num_classes)
-        use_sync = cfg.sync_bn == 'on' or (cfg.sync_bn == 'auto' and self.device.type == 'cuda')
-        if self.ws > 1 and use_sync: self.m = nn.SyncBatchNorm.convert_sync_batchnorm(self.m)
-        self.m.to(self.device)
-        self.cl = resolve_channels_last(cfg.channels_last, self.device)
-        if self.cl: self.m.to(memory_format=torch.channels_last)
-        k = self.ws if cfg.scale_lr else 1
-        self.opt = make_optimizer(self.m, cfg.lr * k, cfg.backbone_lr * k, cfg.weight_decay, cfg.official_frozen_bn)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.rank)    # contrastive windows
-        seed = cfg.seed + 1_000_003 * self.rank
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)  # dropout etc.: per rank
-        self.it, self.best, self.history = 0, -math.inf, []
-        self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
-        self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
-        self.resumed_from = self._resume(resume)
-        if cfg.compile: compile_networks(self.m)
-        self.step_mod = StepModule(self.m, method_config(cfg), self.gen)
-        self.step = self.step_mod
-        if self.ws > 1:
-            self.step = nn.parallel.DistributedDataParallel(self.step_mod,
-                                                            device_ids=[self.device] if self.device.type == 'cuda'
-                                                            else None,
-                                                            find_unused_parameters=True, broadcast_buffers=False)
-        self.loaders = {}
+
+# %% ../nbs/09d_train.ipynb #01bc3d83
+@patch
+def _build_data(self:Trainer):
+    "The run's data (`build_data`), after checking that the ImageNet weights and the image files are there."
+    cfg = self.cfg
+    # missing ImageNet weights stop the run here
+    self.weights = check_weights(cfg)
+    self.data = build_data(cfg)
+    t = time.time()
+    n = check_run_files(self.data, cfg, self.rank, self.ws)
+    if n and self.main: self.log(f"checked the files of {n} images ({cfg.check_files}) in {time.time() - t:.1f} s")
+
+# %% ../nbs/09d_train.ipynb #b42ed91c
+@patch
+def _build_networks(self:Trainer):
+    "The networks (SyncBN when asked, on the device, channels_last when it helps), AdamW and the grad scaler."
+    cfg = self.cfg
+    torch.manual_seed(cfg.seed)                                          # identical initial weights on every rank
+    self.m = build_models(cfg, self.data.info.num_classes)
+    use_sync = cfg.sync_bn == 'on' or (cfg.sync_bn == 'auto' and self.device.type == 'cuda')
+    if self.ws > 1 and use_sync: self.m = nn.SyncBatchNorm.convert_sync_batchnorm(self.m)
+    self.m.to(self.device)
+    self.cl = resolve_channels_last(cfg.channels_last, self.device)
+    if self.cl: self.m.to(memory_format=torch.channels_last)
+    k = self.ws if cfg.scale_lr else 1
+    self.opt = make_optimizer(self.m, cfg.lr * k, cfg.backbone_lr * k, cfg.weight_decay, cfg.official_frozen_bn)
+    self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+
+# %% ../nbs/09d_train.ipynb #6bf902c6
+@patch
+def _seed(self:Trainer):
+    "Per-rank random streams (contrastive windows, dropout, augmentation) and the accounting of a run not yet begun."
+    cfg = self.cfg
+    self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.rank)    # contrastive windows
+    seed = cfg.seed + 1_000_003 * self.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)  # dropout etc.: per rank
+    self.it, self.best, self.history = 0, -math.inf, []
+    self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
+    self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
+
+# %% ../nbs/09d_train.ipynb #99f18f3d
+@patch
+def _wrap(self:Trainer):
+    "The phases' step as one module (`StepModule`), compiled when asked, under DDP when there are several processes."
+    if self.cfg.compile: compile_networks(self.m)
+    self.step_mod = StepModule(self.m, method_config(self.cfg), self.gen)
+    self.step = self.step_mod
+    if self.ws > 1:
+        self.step = nn.parallel.DistributedDataParallel(self.step_mod,
+                                                        device_ids=[self.device] if self.device.type == 'cuda'
+                                                        else None,
+                                                        find_unused_parameters=True, broadcast_buffers=False)
+    self.loaders = {}
 
 # %% ../nbs/09d_train.ipynb #3f76b2f6
 @patch
@@ -176,31 +199,14 @@ def _unused(self:Trainer, it=None) -> tuple:
     return (('teacher.',) if it <= self.sched.warm else ()) + (('aux.', 'eln.') if it <= self.sched.n1a else ())
 
 @patch
-def _state(self:Trainer, eval_only=False) -> dict:
-    "A checkpoint of the current state: what resuming needs (random states of every rank), or evaluation weights only."
-    drop = self._unused() + (('aux.',) if eval_only else ())
-    st = {'models': {k: v for k, v in self.m.state_dict().items() if not k.startswith(drop)}, 'iteration': self.it,
-          'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'config': asdict(self.cfg),
-          'run': self._run_stats(),
-          'classes': list(self.data.info.classes), 'palette': [list(p) for p in self.data.info.palette],
-          'num_classes': self.data.info.num_classes, 'version': 2, 'eval_only': eval_only}
-    if eval_only: return st
-    rng = rng_state(self.gen)
-    if self.ws > 1:
-        allr = [None] * self.ws
-        dist.all_gather_object(allr, rng)
-        rng = allr
-    else: rng = [rng]
-    return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng,
-            'world_size': self.ws}
-
-@patch
 def _find_resume(self:Trainer, resume):
+    "The checkpoint to resume from: `resume`, else `out/last.pt` or, after a crash between its renames, `last.prev.pt`."
     if resume: return Path(resume)
     last = self.out/'last.pt'
     if last.is_file(): return last
     if (self.out/'last.prev.pt').is_file(): return self.out/'last.prev.pt'   # a crash between the two renames
 
+# %% ../nbs/09d_train.ipynb #74d759d0
 @patch
 def _resume(self:Trainer, resume=None):
     "Load the checkpoint to continue from (auto: `out/last.pt`); returns its path or None."
@@ -239,6 +245,37 @@ def _load_models(self:Trainer, sd, path):
     missing, unexpected = self.m.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
     if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
+
+# %% ../nbs/09d_train.ipynb #6fdee0b2
+@patch
+def __init__(self:Trainer, cfg:TrainConfig, resume=None, log=print):
+    "Set up the run `cfg`, resuming from `resume` (by default `out/last.pt`, when there is one)."
+    self._setup(cfg, log)
+    self._build_data()
+    self._build_networks()
+    self._seed()
+    self.resumed_from = self._resume(resume)
+    self._wrap()
+
+# %% ../nbs/09d_train.ipynb #364aa6de
+@patch
+def _state(self:Trainer, eval_only=False) -> dict:
+    "A checkpoint of the current state: what resuming needs (random states of every rank), or evaluation weights only."
+    drop = self._unused() + (('aux.',) if eval_only else ())
+    st = {'models': {k: v for k, v in self.m.state_dict().items() if not k.startswith(drop)}, 'iteration': self.it,
+          'phase': self.sched.phase(max(self.it - 1, 0)), 'best': self.best, 'config': asdict(self.cfg),
+          'run': self._run_stats(),
+          'classes': list(self.data.info.classes), 'palette': [list(p) for p in self.data.info.palette],
+          'num_classes': self.data.info.num_classes, 'version': 2, 'eval_only': eval_only}
+    if eval_only: return st
+    rng = rng_state(self.gen)
+    if self.ws > 1:
+        allr = [None] * self.ws
+        dist.all_gather_object(allr, rng)
+        rng = allr
+    else: rng = [rng]
+    return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng,
+            'world_size': self.ws}
 
 # %% ../nbs/09d_train.ipynb #5b41f47d
 def _optimizer_state_by_name(ck:dict, old:TrainConfig, num_classes:int) -> dict:
@@ -293,8 +330,10 @@ def _loader(self:Trainer, which):
                                           partial_batches=c.partial_batches)
     with torch.random.fork_rng(devices=[]): return _to(next(self.loaders[which]), self.device, self.cl)
 
+# %% ../nbs/09d_train.ipynb #0af950f6
 @patch
 def _check_finite(self:Trainer, loss, logs, phase):
+    "Stop with a `NonFiniteLossError` naming the first non-finite loss term, before anything is stepped."
     if torch.isfinite(loss): return
     bad = [k for k, v in logs.items() if not torch.isfinite(v).all()] or ['total']
     last = self.out/'last.pt'
@@ -303,6 +342,7 @@ def _check_finite(self:Trainer, loss, logs, phase):
                              f"{' (also ' + ', '.join(bad[1:]) + ')' if bad[1:] else ''}; stopped without saving"
                              + (f"; the last good checkpoint {last} is kept" if last.is_file() else ''))
 
+# %% ../nbs/09d_train.ipynb #70b80547
 @patch
 def train_step(self:Trainer, phase):
     "One iteration of `phase`: batches, forward under autocast, backward, optimizer step, EMA -> logs (detached)."
@@ -354,6 +394,7 @@ def _record(self:Trainer, rec:dict):
             if isinstance(v, (int, float)) and k != 'iter' and math.isfinite(v):
                 tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, rec['iter'])
 
+# %% ../nbs/09d_train.ipynb #26134e7e
 @patch
 def validate(self:Trainer, mode='full'):
     "Evaluate student, teacher and ELN on the validation split; update best.pt; returns the scores."
@@ -401,66 +442,39 @@ def checkpoint(self:Trainer):
 
 # %% ../nbs/09d_train.ipynb #f024c4a2
 @patch
-def fit(self:Trainer) -> dict:
-    "Run from the current iteration to the end of the schedule; returns (and writes) the report."
+def _log_train(self:Trainer, logs:dict, bar):
+    "Log the losses of the iteration just done: the progress bar, metrics.jsonl, TensorBoard and the phase's last losses."
+    phase, t, n0, _ = self._cur
+    last = {k: round(float(v), 4) for k, v in logs.items()}
+    self._cur = (phase, t, n0, last)
+    rate = (self.it - n0) / max(time.time() - t, 1e-9)
+    bar.set_postfix({k: v for k, v in last.items()
+                     if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
+    self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
+                  'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
+
+# %% ../nbs/09d_train.ipynb #bb510aaf
+@patch
+def _run_phase(self:Trainer, phase:str, lo:int, hi:int):
+    "Iterations from `self.it` to `hi` of `phase` (which spans `lo`..`hi`), validating and checkpointing when due."
     from tqdm.auto import tqdm
     c, s = self.cfg, self.sched
-    if self.main:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out/'config.json').write_text(json.dumps(asdict(c), indent=1))
-        self._trim_metrics()
-    self.phase_stats = {}
-    for phase in ('1a', '1b', '2'):
-        lo, hi = s.bounds(phase)
-        if self.it >= hi: continue
-        bar = tqdm(total=hi - lo, initial=self.it - lo, desc=f'phase {phase}', disable=not (self.main and c.progress),
-                   dynamic_ncols=True, leave=True)
-        t, n0, last = time.time(), self.it, {}
-        self._cur = (phase, t, n0, last)
-        while self.it < hi:
-            logs = self.train_step(phase)
-            bar.update(1)
-            if self.it % c.log_every == 0 or self.it == hi:
-                last = {k: round(float(v), 4) for k, v in logs.items()}
-                self._cur = (phase, t, n0, last)
-                rate = (self.it - n0) / max(time.time() - t, 1e-9)
-                bar.set_postfix({k: v for k, v in last.items()
-                                 if k in ('loss', 'sup', 'aux', 'eln', 'st', 'con', 'keep')}, refresh=False)
-                self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
-                              'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
-            # the phase's statistics, as its last checkpoint saves them
-            if self.it == hi:
-                self.phase_stats[phase] = self._run_stats()['phases'][phase]
-                self._cur = None
-            # and at the end of stage 1
-            if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:
-                self.validate()
-            if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every
-                                                                                   and self.it % c.keep_every == 0):
-                self.checkpoint()
-        bar.close()
-    return self.finish()
-
-@patch
-def finish(self:Trainer) -> dict:
-    "Final validation (unless it just ran), report.json and the summary table."
-    r = self.last_eval[1] if getattr(self, 'last_eval', (None,))[0] == self.it else self.validate()
-    run, m = self._run_stats(), self.cfg.best_metric
-    rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best,
-           'best_iteration': run['best_iteration'],
-           'stage1_' + m: (run['stage1'] or {}).get(m, math.nan),
-           'stage1_iteration': (run['stage1'] or {}).get('iteration'),
-           'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
-           'peak_memory_mb': round(peak_memory_mb(self.device), 1),
-           'device': str(self.device), 'world_size': self.ws,
-           'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
-           'resumed_from': str(self.resumed_from) if self.resumed_from else None,
-           'classes': list(self.data.info.classes)}
-    if self.main:
-        (self.out/'report.json').write_text(json.dumps(rep, indent=1))
-        if self._writer() is not None: self._writer().flush()
-        self.log(summary_table(rep))
-    return rep
+    bar = tqdm(total=hi - lo, initial=self.it - lo, desc=f'phase {phase}', disable=not (self.main and c.progress),
+               dynamic_ncols=True, leave=True)
+    self._cur = (phase, time.time(), self.it, {})
+    while self.it < hi:
+        logs = self.train_step(phase)
+        bar.update(1)
+        if self.it % c.log_every == 0 or self.it == hi: self._log_train(logs, bar)
+        if self.it == hi:                                  # the phase's statistics, as its last checkpoint saves them
+            self.phase_stats[phase] = self._run_stats()['phases'][phase]
+            self._cur = None
+        if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:   # and at the end of stage 1
+            self.validate()
+        if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every
+                                                                               and self.it % c.keep_every == 0):
+            self.checkpoint()
+    bar.close()
 
 # %% ../nbs/09d_train.ipynb #28e38e81
 def summary_table(rep:dict) -> str:
@@ -494,6 +508,43 @@ def best_lines(rep:dict) -> list:
                           f"to {fin:.3f}; best.pt holds the best model")
     return L
 
+# %% ../nbs/09d_train.ipynb #20ad470a
+@patch
+def finish(self:Trainer) -> dict:
+    "Final validation (unless it just ran), report.json and the summary table."
+    r = self.last_eval[1] if getattr(self, 'last_eval', (None,))[0] == self.it else self.validate()
+    run, m = self._run_stats(), self.cfg.best_metric
+    rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best,
+           'best_iteration': run['best_iteration'],
+           'stage1_' + m: (run['stage1'] or {}).get(m, math.nan),
+           'stage1_iteration': (run['stage1'] or {}).get('iteration'),
+           'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
+           'peak_memory_mb': round(peak_memory_mb(self.device), 1),
+           'device': str(self.device), 'world_size': self.ws,
+           'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
+           'resumed_from': str(self.resumed_from) if self.resumed_from else None,
+           'classes': list(self.data.info.classes)}
+    if self.main:
+        (self.out/'report.json').write_text(json.dumps(rep, indent=1))
+        if self._writer() is not None: self._writer().flush()
+        self.log(summary_table(rep))
+    return rep
+
+# %% ../nbs/09d_train.ipynb #27c48ca2
+@patch
+def fit(self:Trainer) -> dict:
+    "Run from the current iteration to the end of the schedule; returns (and writes) the report."
+    if self.main:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out/'config.json').write_text(json.dumps(asdict(self.cfg), indent=1))
+        self._trim_metrics()
+    self.phase_stats = {}
+    for phase in ('1a', '1b', '2'):
+        lo, hi = self.sched.bounds(phase)
+        if self.it < hi: self._run_phase(phase, lo, hi)
+    return self.finish()
+
+# %% ../nbs/09d_train.ipynb #667b8e37
 def train(cfg:TrainConfig, resume=None) -> dict:
     "Train (or resume) the run `cfg` to the end; returns the report."
     errs = config_errors(cfg)
