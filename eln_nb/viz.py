@@ -326,8 +326,8 @@ def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = vo
 # %% ../nbs/10_viz.ipynb #61680362
 class ErrorExplorer:
     "ipywidgets view of an `ErrorAnalyzer`: image, decoder, ELN threshold and opacity drive the ELN panel and P/R/F1."
-    def __init__(self, analyzer:ErrorAnalyzer, index:int=0, decoder='main', threshold:float=0.5, alpha:float=0.6,
-                 dpi:int=72):
+    def _widgets(self, analyzer:ErrorAnalyzer, index:int, decoder:str, threshold:float, alpha:float, dpi:int):
+        "The four controls, set to these values, the metrics line and the panel (empty until `update`)."
         import ipywidgets as W
         self.a, self.dpi, self.fig, self.png_bytes = analyzer, dpi, None, b''
         self.image = W.IntSlider(index, 0, len(analyzer) - 1, description='image', continuous_update=False)
@@ -337,22 +337,13 @@ class ErrorExplorer:
         self.alpha = W.FloatSlider(alpha, min=0, max=1, step=0.05, description='opacity', continuous_update=False)
         self.controls = (self.image, self.decoder, self.threshold, self.alpha)
         self.metrics, self.panel = W.HTML(), W.Image(format='png')
-        for w in self.controls: w.observe(lambda _: self.update(), names='value')
-        self.widget = W.VBox([W.HBox(self.controls[:2]), W.HBox(self.controls[2:]), self.metrics, self.panel])
-        self.update()
 
-    @classmethod
-    def from_checkpoint(cls, path, data=None, n:int=8, split='val', device='cpu', loader=load_models, **kw):
-        "An explorer over `n` images of `data` (default: the run's dataset) for checkpoint `path`."
-        return cls(ErrorAnalyzer.from_checkpoint(path, data, split=split, n=n, device=device, loader=loader), **kw)
+    def state(self) -> dict:
+        "The controls' values."
+        return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value,
+                'alpha': self.alpha.value}
 
 # %% ../nbs/10_viz.ipynb #86e36a96
-@patch
-def state(self:ErrorExplorer) -> dict:
-    "The controls' values."
-    return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value,
-            'alpha': self.alpha.value}
-
 @patch
 def update(self:ErrorExplorer):
     "Recompute this image's scores and redraw the panel (called by every control)."
@@ -364,6 +355,22 @@ def update(self:ErrorExplorer):
     self.metrics.value = (f"<b>{r.name}</b>, {st['decoder']}: error rate {100 * r.error_rate(st['decoder']):.1f}%, "
                           f"ELN mask at {st['threshold']:.2f}: precision {self.scores['precision']:.3f}, "
                           f"recall {self.scores['recall']:.3f}, F1 {self.scores['f1']:.3f}")
+
+# %% ../nbs/10_viz.ipynb #b8196cfc
+@patch
+def __init__(self:ErrorExplorer, analyzer:ErrorAnalyzer, index:int=0, decoder='main', threshold:float=0.5,
+             alpha:float=0.6, dpi:int=72):
+    "The explorer over `analyzer`'s images, drawn at once; every control redraws it."
+    import ipywidgets as W
+    self._widgets(analyzer, index, decoder, threshold, alpha, dpi)
+    for w in self.controls: w.observe(lambda _: self.update(), names='value')
+    self.widget = W.VBox([W.HBox(self.controls[:2]), W.HBox(self.controls[2:]), self.metrics, self.panel])
+    self.update()
+
+@patch(cls_method=True)
+def from_checkpoint(cls:ErrorExplorer, path, data=None, n:int=8, split='val', device='cpu', loader=load_models, **kw):
+    "An explorer over `n` images of `data` (default: the run's dataset) for checkpoint `path`."
+    return cls(ErrorAnalyzer.from_checkpoint(path, data, split=split, n=n, device=device, loader=loader), **kw)
 
 # %% ../nbs/10_viz.ipynb #15dc830d
 @patch
