@@ -43,10 +43,27 @@ def field_help(cls=TrainConfig) -> dict:
         above = []
     return out
 
+# %% ../nbs/11_cli.ipynb #4d4c0046
 def _elem_type(default): return float if any(isinstance(v, float) for v in default) else int
 
 _SWITCHES = ('channels_last',)
 
+def _add_option(g, f:dataclasses.Field, h:str):
+    "The option `--field-name` of `TrainConfig` field `f` in the argparse group `g`, typed by its default, help `h`."
+    opt = '--' + f.name.replace('_', '-')
+    if isinstance(f.default, bool):
+        g.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
+    # auto/on/off; a bare --OPTION means on, --no-OPTION off (as when it was a bool)
+    elif f.name in _SWITCHES:
+        g.add_argument(opt, nargs='?', const='on', choices=('auto', 'on', 'off'), default=argparse.SUPPRESS, help=h)
+        g.add_argument('--no-' + opt[2:], dest=f.name, action='store_const', const='off', default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
+    elif isinstance(f.default, tuple):
+        g.add_argument(opt, nargs='*', type=_elem_type(f.default) if f.default else float,
+                       default=argparse.SUPPRESS, help=h)
+    else: g.add_argument(opt, type=type(f.default), default=argparse.SUPPRESS, help=h)
+
+# %% ../nbs/11_cli.ipynb #3ebe8332
 def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
     "argparse parser: `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
     usage = '%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]'
@@ -62,18 +79,7 @@ def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser
     helps, g = field_help(), p.add_argument_group(title)
     for f in fields(TrainConfig):
         h = f"{helps.get(f.name, '')} (default {getattr(base, f.name)!r})".replace('%', '%%')
-        opt = '--' + f.name.replace('_', '-')
-        if isinstance(f.default, bool):
-            g.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
-        # auto/on/off; a bare --OPTION means on, --no-OPTION off (as when it was a bool)
-        elif f.name in _SWITCHES:
-            g.add_argument(opt, nargs='?', const='on', choices=('auto', 'on', 'off'), default=argparse.SUPPRESS, help=h)
-            g.add_argument('--no-' + opt[2:], dest=f.name, action='store_const', const='off', default=argparse.SUPPRESS,
-                           help=argparse.SUPPRESS)
-        elif isinstance(f.default, tuple):
-            g.add_argument(opt, nargs='*', type=_elem_type(f.default) if f.default else float,
-                           default=argparse.SUPPRESS, help=h)
-        else: g.add_argument(opt, type=type(f.default), default=argparse.SUPPRESS, help=h)
+        _add_option(g, f, h)
     return p
 
 def _epilog():
@@ -83,6 +89,7 @@ def _epilog():
             '  eln_nb_train --preset voc-r50 --split 8 --split-seed 0 --data-root data/VOC2012 --out runs/voc8\n'
             '  torchrun --standalone --nproc_per_node 4 -m eln_nb.cli --preset voc-r101 --split 4 --out runs/voc4')
 
+# %% ../nbs/11_cli.ipynb #8414bcfa
 def parse_config(argv=None):
     "(TrainConfig, namespace) from command-line arguments; a value the run cannot use is an argparse error."
     p = config_parser(preset=_preset_arg(argv))
