@@ -30,17 +30,19 @@ def _preset_arg(argv=None) -> str:
 
 # %% ../nbs/11_cli.ipynb #98e0d1e0
 def field_help(cls=TrainConfig) -> dict:
-    "Field name -> its comment in the class source: the trailing one, else the comment lines right above the field."
-    try: src = inspect.getsource(cls)
-    except (OSError, TypeError): return {}
-    out, above = {}, []
-    for line in src.splitlines():
-        if line.strip().startswith('#'):
-            above.append(line.strip().lstrip('#').strip())
-            continue
-        m = re.match(r'\s+(\w+)\s*:[^=]+=[^#]*(?:#\s*(.*))?$', line)
-        if m and (m.group(2) or above): out[m.group(1)] = (m.group(2) or ' '.join(above)).strip()
+    "Field name -> its comment in the source of `cls` and its bases: the trailing one, else the lines right above it."
+    out = {}
+    for k in reversed(cls.__mro__[:-1]):                     # bases first, as dataclasses order their fields
+        try: src = inspect.getsource(k)
+        except (OSError, TypeError): continue
         above = []
+        for line in src.splitlines():
+            if line.strip().startswith('#'):
+                above.append(line.strip().lstrip('#').strip())
+                continue
+            m = re.match(r'\s+(\w+)\s*:[^=]+=[^#]*(?:#\s*(.*))?$', line)
+            if m and (m.group(2) or above): out[m.group(1)] = (m.group(2) or ' '.join(above)).strip()
+            above = []
     return out
 
 # %% ../nbs/11_cli.ipynb #4d4c0046
