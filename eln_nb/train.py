@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['StepModule', 'init_distributed', 'sync_bn_buffers', 'NonFiniteLossError', 'peak_memory_mb', 'param_counts', 'Trainer',
-           'summary_table', 'best_lines', 'train', 'load_checkpoint_models']
+           'best_lines', 'summary_table', 'train', 'load_checkpoint_models']
 
 # %% ../nbs/09d_train.ipynb #a1159159
 import contextlib, dataclasses, json, math, os, pickle, random, re, resource, sys, time, warnings
@@ -164,17 +164,10 @@ def _wrap(self:Trainer):
     self.loaders = {}
 
 # %% ../nbs/09d_train.ipynb #3f76b2f6
-@patch
-def _run_stats(self:Trainer) -> dict:
-    "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
-    ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
-    if self._cur is not None:
-        name, t, n0, last = self._cur
-        b = self.prior['phases'].get(name, {})
-        n, secs = b.get('iters', 0) + self.it - n0, b.get('time_s', 0) + time.time() - t
-        ph[name] = {**b, **last, 'iters': n, 'time_s': round(secs, 1), 'it_per_s': round(n / max(secs, 1e-9), 3)}
-    return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
-            'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
+def _json_or_none(line):
+    "A metrics.jsonl record, or None for a line a kill cut short."
+    try: return json.loads(line)
+    except json.JSONDecodeError: return None                       # a line cut by a kill
 
 @patch
 def _trim_metrics(self:Trainer):
@@ -187,9 +180,18 @@ def _trim_metrics(self:Trainer):
     tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep))
     os.replace(tmp, f)
 
-def _json_or_none(line):
-    try: return json.loads(line)
-    except json.JSONDecodeError: return None                       # a line cut by a kill
+# %% ../nbs/09d_train.ipynb #14d77ed3
+@patch
+def _run_stats(self:Trainer) -> dict:
+    "The run's accounting over every session so far: per-phase statistics, wall time, sessions, best iteration."
+    ph = {k: dict(v) for k, v in {**self.prior['phases'], **getattr(self, 'phase_stats', {})}.items()}
+    if self._cur is not None:
+        name, t, n0, last = self._cur
+        b = self.prior['phases'].get(name, {})
+        n, secs = b.get('iters', 0) + self.it - n0, b.get('time_s', 0) + time.time() - t
+        ph[name] = {**b, **last, 'iters': n, 'time_s': round(secs, 1), 'it_per_s': round(n / max(secs, 1e-9), 3)}
+    return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
+            'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
 
 # %% ../nbs/09d_train.ipynb #69f59064
 @patch
@@ -207,6 +209,14 @@ def _find_resume(self:Trainer, resume):
     if (self.out/'last.prev.pt').is_file(): return self.out/'last.prev.pt'   # a crash between the two renames
 
 # %% ../nbs/09d_train.ipynb #74d759d0
+@patch
+def _load_models(self:Trainer, sd, path):
+    "Load checkpoint weights; only the networks the run had not touched yet may be missing."
+    missing, unexpected = self.m.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
+    if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
+
+# %% ../nbs/09d_train.ipynb #850338c1
 @patch
 def _resume(self:Trainer, resume=None):
     "Load the checkpoint to continue from (auto: `out/last.pt`); returns its path or None."
@@ -238,13 +248,6 @@ def _resume(self:Trainer, resume=None):
                       f"re-seeded")
     if self.main: self.log(f"resumed from {path} at iteration {self.it}")
     return path
-
-@patch
-def _load_models(self:Trainer, sd, path):
-    "Load checkpoint weights; only the networks the run had not touched yet may be missing."
-    missing, unexpected = self.m.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
-    if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
 
 # %% ../nbs/09d_train.ipynb #6fdee0b2
 @patch
@@ -287,6 +290,7 @@ def _optimizer_state_by_name(ck:dict, old:TrainConfig, num_classes:int) -> dict:
     names = {id(p): n for n, p in m.named_parameters()}
     return {names[id(p)]: s for p, s in opt.state.items()}
 
+# %% ../nbs/09d_train.ipynb #363d9e7e
 @patch
 def _branch(self:Trainer, path):
     "Start from another run's checkpoint `path` (see `TrainConfig.init_from`); returns its path."
@@ -396,6 +400,21 @@ def _record(self:Trainer, rec:dict):
 
 # %% ../nbs/09d_train.ipynb #26134e7e
 @patch
+def _save_best(self:Trainer, st):
+    "best.pt: the evaluation weights, or a hard link to last.pt when that holds this very iteration (no extra disk)."
+    best, last = self.out/'best.pt', self.out/'last.pt'
+    if getattr(self, '_saved_it', None) == self.it and last.is_file():
+        tmp = best.with_name('.best.pt.link')
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(last, tmp)
+            os.replace(tmp, best)
+            return
+        except OSError: pass                                          # no hard links here: write the weights
+    save_checkpoint(st, best, keep_prev=False)
+
+# %% ../nbs/09d_train.ipynb #baa508ea
+@patch
 def validate(self:Trainer, mode='full'):
     "Evaluate student, teacher and ELN on the validation split; update best.pt; returns the scores."
     sync_bn_buffers(self.m)
@@ -413,20 +432,6 @@ def validate(self:Trainer, mode='full'):
         if self.main: self._save_best(st)
     self.last_eval = (self.it, r)
     return r
-
-@patch
-def _save_best(self:Trainer, st):
-    "best.pt: the evaluation weights, or a hard link to last.pt when that holds this very iteration (no extra disk)."
-    best, last = self.out/'best.pt', self.out/'last.pt'
-    if getattr(self, '_saved_it', None) == self.it and last.is_file():
-        tmp = best.with_name('.best.pt.link')
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(last, tmp)
-            os.replace(tmp, best)
-            return
-        except OSError: pass                                          # no hard links here: write the weights
-    save_checkpoint(st, best, keep_prev=False)
 
 # %% ../nbs/09d_train.ipynb #e76ff777
 @patch
@@ -477,6 +482,19 @@ def _run_phase(self:Trainer, phase:str, lo:int, hi:int):
     bar.close()
 
 # %% ../nbs/09d_train.ipynb #28e38e81
+def best_lines(rep:dict) -> list:
+    "The final and best validation score, and a warning when stage 2 lowered it."
+    m = rep.get('best_metric', 'student_miou')
+    fin, best, s1 = rep.get(m, math.nan), rep.get('best_' + m, math.nan), rep.get('stage1_' + m, math.nan)
+    L = [f"validation {m}: final {fin:.3f} (iteration {rep['iterations']}), best {best:.3f} "
+         f"(iteration {rep.get('best_iteration')}, in best.pt)"]
+    if fin < s1:
+        L.append(f"WARNING: stage 2 lowered {m} from {s1:.3f} (end of stage 1, iteration "
+                 f"{rep.get('stage1_iteration')}) "
+                          f"to {fin:.3f}; best.pt holds the best model")
+    return L
+
+# %% ../nbs/09d_train.ipynb #686bbd5e
 def summary_table(rep:dict) -> str:
     "The end-of-run table: phases, then validation scores per class."
     L = [f"{'phase':<7}{'iters':>7}{'time s':>9}{'it/s':>8}  last losses"]
@@ -495,18 +513,6 @@ def summary_table(rep:dict) -> str:
           f"{rep['peak_memory_mb']:.0f} MB  "
           f"device {rep['device']} x{rep['world_size']}  amp {rep['amp']}"]
     return '\n'.join(L)
-
-def best_lines(rep:dict) -> list:
-    "The final and best validation score, and a warning when stage 2 lowered it."
-    m = rep.get('best_metric', 'student_miou')
-    fin, best, s1 = rep.get(m, math.nan), rep.get('best_' + m, math.nan), rep.get('stage1_' + m, math.nan)
-    L = [f"validation {m}: final {fin:.3f} (iteration {rep['iterations']}), best {best:.3f} "
-         f"(iteration {rep.get('best_iteration')}, in best.pt)"]
-    if fin < s1:
-        L.append(f"WARNING: stage 2 lowered {m} from {s1:.3f} (end of stage 1, iteration "
-                 f"{rep.get('stage1_iteration')}) "
-                          f"to {fin:.3f}; best.pt holds the best model")
-    return L
 
 # %% ../nbs/09d_train.ipynb #20ad470a
 @patch
