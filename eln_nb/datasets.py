@@ -71,6 +71,7 @@ def _colours_to_ids(arr, palette, path):
                                            f"{tuple(int(v) for v in arr[out < 0][0])}")
     return out
 
+# %% ../nbs/00a_datasets.ipynb #052179cd
 def _rgb_ids_hint(arr, num_classes, path):
     "Raise `DatasetError` with a hint when an RGB label holds class ids in all three channels (R = G = B)."
     if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()): return
@@ -79,6 +80,7 @@ def _rgb_ids_hint(arr, num_classes, path):
     raise DatasetError(f"{path}: RGB label whose three channels hold class ids {vals[:8]}; save it single-channel "
                        f"(PIL mode L or P), e.g. Image.fromarray(ids.astype(np.uint8)).save(path)")
 
+# %% ../nbs/00a_datasets.ipynb #39f25598
 def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: # int64 [H,W]
     "Read a class-index label (or a colour label, mapped through `palette`); values must lie in [0,C) or be 255."
     path = Path(path)
@@ -234,6 +236,7 @@ class CamVidDataset(SegDataset):
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 def _read_classes(classes):
+    "(names, palette) of a class list: names, records, or a .json / .txt file of either; None -> no classes."
     if classes is None: return [], []
     if isinstance(classes, (str, Path)):
         p = Path(classes)
@@ -252,6 +255,7 @@ def _class_records(recs):
         raise DatasetError(f"class list: ids must be 0..{len(recs) - 1} (255 = ignore), got {ids}")
     return [r['name'] for r in recs], [tuple(r.get('color', pal[i])) for i, r in enumerate(recs)]
 
+# %% ../nbs/00a_datasets.ipynb #d379e098
 def _pick(images, names, where):
     "The images named in `names` (stems, or a list file of them), in that order."
     names = read_list(names) if isinstance(names, (str, Path)) else list(names)
@@ -260,6 +264,7 @@ def _pick(images, names, where):
     if missing: raise DatasetError(f"{where}: {len(missing)} listed names have no image, e.g. {missing[:3]}")
     return [by[n] for n in names]
 
+# %% ../nbs/00a_datasets.ipynb #7275cf68
 class FolderDataset(SegDataset):
     "Images in a folder (or its `names`), label PNGs by stem in `label_dir`; images without one are unlabelled."
     def __init__(self, image_dir, label_dir=None, classes=None, palette=None, name='folder', names=None):
