@@ -58,6 +58,35 @@ def _labelled_names(ds, names):
     labels = getattr(ds, 'labels', None)
     return names if labels is None else [n for n, l in zip(names, labels) if l is not None]
 
+# %% ../nbs/09a_build.ipynb #c667965b
+def _split_pools(cfg:TrainConfig, train) -> tuple:
+    "(labelled names, unlabelled names, where the split came from, name -> index) of the training set `train`."
+    names = _names(train)
+    if train.info.num_classes < 1: raise DatasetError(f"{cfg.dataset} {cfg.train_split}: 0 classes (give a class list)")
+    known = _labelled_names(train, names)
+    labelled_names, unlabelled_names, src = _split_names(cfg, known)
+    # images without labels are unlabelled
+    unlabelled_names = unlabelled_names + [n for n in names if n not in set(known)]
+    no_label = sorted(set(labelled_names) - set(known))
+    if no_label:
+        raise DatasetError(f"split ({src}): {len(no_label)} labelled names have no label file, e.g. {no_label[:3]}")
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [n for n in labelled_names + unlabelled_names if n not in pos]
+    if missing:
+        raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
+    return labelled_names, unlabelled_names, src, pos
+
+# %% ../nbs/09a_build.ipynb #093984c8
+def _val_dataset(cfg:TrainConfig, train):
+    "The validation dataset (its first `val_limit` images), refused when it shares images with `train`."
+    val = _dataset(cfg, cfg.val_split, cfg.synthetic_val_n)
+    same = set(map(str, getattr(val, 'images', []))) & set(map(str, getattr(train, 'images', [])))
+    if same: raise DatasetError(f"{sorted(same)[0]}: {len(same)} validation images are training images "
+                                f"({cfg.val_split} = {cfg.train_split})")
+    if cfg.val_limit: val = Subset(val, range(min(cfg.val_limit, len(val))))
+    return val
+
+# %% ../nbs/09a_build.ipynb #131fb797
 @dataclass
 class RunData:
     "The datasets and views of a run."
@@ -72,24 +101,8 @@ class RunData:
 def build_data(cfg:TrainConfig) -> RunData:
     "Training (labelled + unlabelled subsets), validation dataset and the training views."
     train = _dataset(cfg, cfg.train_split)
-    names = _names(train)
-    if train.info.num_classes < 1: raise DatasetError(f"{cfg.dataset} {cfg.train_split}: 0 classes (give a class list)")
-    known = _labelled_names(train, names)
-    labelled_names, unlabelled_names, src = _split_names(cfg, known)
-    # images without labels are unlabelled
-    unlabelled_names = unlabelled_names + [n for n in names if n not in set(known)]
-    no_label = sorted(set(labelled_names) - set(known))
-    if no_label:
-        raise DatasetError(f"split ({src}): {len(no_label)} labelled names have no label file, e.g. {no_label[:3]}")
-    pos = {n: i for i, n in enumerate(names)}
-    missing = [n for n in labelled_names + unlabelled_names if n not in pos]
-    if missing:
-        raise ValueError(f"split ({src}) names not in the {cfg.dataset} {cfg.train_split} set, e.g. {missing[:3]}")
-    val = _dataset(cfg, cfg.val_split, cfg.synthetic_val_n)
-    same = set(map(str, getattr(val, 'images', []))) & set(map(str, getattr(train, 'images', [])))
-    if same: raise DatasetError(f"{sorted(same)[0]}: {len(same)} validation images are training images "
-                                f"({cfg.val_split} = {cfg.train_split})")
-    if cfg.val_limit: val = Subset(val, range(min(cfg.val_limit, len(val))))
+    labelled_names, unlabelled_names, src, pos = _split_pools(cfg, train)
+    val = _val_dataset(cfg, train)
     geo = dict(crop=_size(cfg.crop), scale=tuple(cfg.scale) or None, hflip=cfg.hflip, resize=_size(cfg.resize))
     return RunData(train.info, Subset(train, [pos[n] for n in labelled_names]),
                    Subset(train, [pos[n] for n in unlabelled_names]) if unlabelled_names else None, val,

