@@ -143,8 +143,8 @@ def preset_departures(cfg:TrainConfig) -> list:
             if getattr(cfg, k) != getattr(ref, k)]
 
 # %% ../nbs/11_cli.ipynb #558e27dc
-def plan(cfg:TrainConfig) -> str:
-    "A readable plan of the run `cfg`."
+def _plan_phases(cfg:TrainConfig) -> list:
+    "The plan's lines on the three phases, in iterations and epochs."
     s = Schedule.of(cfg)
     ipe = cfg.iters_per_epoch
     L = ['phases:']
@@ -156,6 +156,12 @@ def plan(cfg:TrainConfig) -> str:
         L.append(f"  {ph:<3}{name:<60} iterations {lo:>7} .. {hi:<7} ({(hi - lo) / ipe:g} epochs of {ipe})")
     L.append(f"  total {s.total} iterations; batch {cfg.batch_size} labelled + {cfg.unlabelled_batch_size} unlabelled "
              f"per process")
+    return L
+
+# %% ../nbs/11_cli.ipynb #5f224c33
+def _plan_data(cfg:TrainConfig) -> tuple:
+    "(lines, number of classes): the data and views of the run, or why the data is not there."
+    L = []
     try:
         d = build_data(cfg)
         L += [f"data: {cfg.dataset} ({cfg.data_root or 'default root'}), {d.info.num_classes} classes; labelled "
@@ -169,10 +175,22 @@ def plan(cfg:TrainConfig) -> str:
         L.append(f"data: NOT AVAILABLE ({e})")
         C = cfg.synthetic_classes if cfg.dataset == 'synthetic' else {'voc': 21, 'cityscapes': 19,
                                                                       'camvid': 11}.get(cfg.dataset, 2)
+    return L, C
+
+# %% ../nbs/11_cli.ipynb #450131ad
+def _plan_networks(cfg:TrainConfig, C:int) -> list:
+    "The networks and their sizes, built on the meta device (no memory)."
+    L = []
     with torch.device('meta'): m = build_models(cfg, C, pretrained=False)
     L.append(f"networks: {cfg.backbone} OS{cfg.output_stride} student/teacher, {cfg.k} aux decoders, "
              f"{cfg.eln_backbone} ELN, filter {cfg.filter}; "
              + ', '.join(f"{k} {v:.1f}M" for k, v in param_counts(m).items()) + ' parameters')
+    return L
+
+# %% ../nbs/11_cli.ipynb #6d9ee8ac
+def _plan_runtime(cfg:TrainConfig) -> list:
+    "Optimiser, weights, device and precision, outputs, and the table of deviations."
+    L = []
     L.append(f"optimiser: AdamW lr {cfg.lr:g} (backbones {cfg.backbone_lr:g}), weight decay {cfg.weight_decay:g}, "
              f"constant"
              + (', scaled by world size' if cfg.scale_lr else ''))
@@ -186,7 +204,14 @@ def plan(cfg:TrainConfig) -> str:
     L.append(f"output: {cfg.out} (validate every {cfg.eval_every or 'end'}, last.pt every {cfg.ckpt_every}, keep every "
              f"{cfg.keep_every or '-'})")
     L.append(deviation_table(cfg, dev))
-    return '\n'.join(L)
+    return L
+
+# %% ../nbs/11_cli.ipynb #4f8fa4e2
+def plan(cfg:TrainConfig) -> str:
+    "A readable plan of the run `cfg`."
+    L = _plan_phases(cfg)
+    data, C = _plan_data(cfg)
+    return '\n'.join(L + data + _plan_networks(cfg, C) + _plan_runtime(cfg))
 
 # %% ../nbs/11_cli.ipynb #f3af5ffe
 def train_main(argv=None):
