@@ -271,40 +271,6 @@ def eval_parser():
     return p
 
 # %% ../nbs/11_cli.ipynb #b9a1b606
-def eval_main(argv=None):
-    "Console script `eln_nb_eval`."
-    a = eval_parser().parse_args(argv)
-    try:
-        m, cfg, info = load_checkpoint_models(a.ckpt)
-        name, root = cfg.dataset, a.data_root if a.data_root is not None else cfg.data_root
-        if a.data is not None:
-            if Path(a.data).is_dir(): root = a.data
-            else: name = a.data
-        where = dataclasses.replace(cfg, dataset=name, data_root=root or '')
-        ds = _dataset(where, a.split or cfg.val_split, cfg.synthetic_val_n)
-        if a.limit: ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
-    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"eln_nb_eval: error: {e}", file=sys.stderr)
-        return 2
-    dev = resolve_device(a.device)
-    amp = resolve_amp(a.amp, dev)
-    m.to(dev)
-    run_crop = _pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None
-    window = tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or run_crop or (321, 321)
-    modes, size = _eval_modes(a, cfg)
-    results = {}
-    for mode in modes:
-        t = time.time()
-        dl = eval_loader(ds, a.batch_size, resize=size if mode == 'resize' else None)
-        r = evaluate(m, dl, info, dev, amp, 'slide' if mode == 'slide' else 'full', window, cfg.eln_threshold)
-        r['mode'], r['time_s'] = mode, round(time.time() - t, 1)
-        results[mode] = r
-        print(f"{mode:<7} student mIoU {r['student_miou']:.4f}  teacher mIoU {r['teacher_miou']:.4f}  pixel acc "
-              f"{r['pixel_accuracy']:.4f}  "
-              f"ELN P/R/F1 {r['eln_precision']:.3f}/{r['eln_recall']:.3f}/{r['eln_f1']:.3f}  ({r['time_s']} s)")
-    if a.json: Path(a.json).write_text(json.dumps({'ckpt': str(a.ckpt), 'dataset': name, 'results': results}, indent=1))
-    return 0
-
 def _eval_modes(a, cfg):
     "(modes, resize size): by default the run's own validation protocol; a note when asked for another."
     own = 'resize' if cfg.val_resize else 'full'
@@ -314,6 +280,54 @@ def _eval_modes(a, cfg):
     print(f"the run validated at {('size ' + str(_size(cfg.val_resize))) if cfg.val_resize else 'full resolution'}"
           + ('' if same else '; other modes or sizes score differently'))
     return modes, size
+
+# %% ../nbs/11_cli.ipynb #49a986ce
+def _eval_where(a, cfg) -> tuple:
+    "(dataset, data root) to score on: the run's own, unless --data (a folder or a dataset name) or --data-root."
+    name, root = cfg.dataset, a.data_root if a.data_root is not None else cfg.data_root
+    if a.data is not None:
+        if Path(a.data).is_dir(): root = a.data
+        else: name = a.data
+    return name, root
+
+def _eval_window(a, cfg) -> tuple:
+    "The sliding window (H, W): --window (one value: a square), else the run's crop, else 321 x 321."
+    run_crop = _pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None
+    return tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or run_crop or (321, 321)
+
+# %% ../nbs/11_cli.ipynb #e90cb382
+def _eval_mode(m, ds, info, dev, amp, mode:str, size, window, cfg, batch_size:int) -> dict:
+    "The scores of one mode (full, resize or slide), printed on one line."
+    t = time.time()
+    dl = eval_loader(ds, batch_size, resize=size if mode == 'resize' else None)
+    r = evaluate(m, dl, info, dev, amp, 'slide' if mode == 'slide' else 'full', window, cfg.eln_threshold)
+    r['mode'], r['time_s'] = mode, round(time.time() - t, 1)
+    print(f"{mode:<7} student mIoU {r['student_miou']:.4f}  teacher mIoU {r['teacher_miou']:.4f}  pixel acc "
+          f"{r['pixel_accuracy']:.4f}  "
+          f"ELN P/R/F1 {r['eln_precision']:.3f}/{r['eln_recall']:.3f}/{r['eln_f1']:.3f}  ({r['time_s']} s)")
+    return r
+
+# %% ../nbs/11_cli.ipynb #33fba6e4
+def eval_main(argv=None):
+    "Console script `eln_nb_eval`."
+    a = eval_parser().parse_args(argv)
+    try:
+        m, cfg, info = load_checkpoint_models(a.ckpt)
+        name, root = _eval_where(a, cfg)
+        where = dataclasses.replace(cfg, dataset=name, data_root=root or '')
+        ds = _dataset(where, a.split or cfg.val_split, cfg.synthetic_val_n)
+        if a.limit: ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"eln_nb_eval: error: {e}", file=sys.stderr)
+        return 2
+    dev = resolve_device(a.device)
+    amp = resolve_amp(a.amp, dev)
+    m.to(dev)
+    window = _eval_window(a, cfg)
+    modes, size = _eval_modes(a, cfg)
+    results = {mode: _eval_mode(m, ds, info, dev, amp, mode, size, window, cfg, a.batch_size) for mode in modes}
+    if a.json: Path(a.json).write_text(json.dumps({'ckpt': str(a.ckpt), 'dataset': name, 'results': results}, indent=1))
+    return 0
 
 # %% ../nbs/11_cli.ipynb #5f57f7f4
 # `python -m eln_nb.cli ...` (what torchrun starts) is eln_nb_train
