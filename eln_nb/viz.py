@@ -65,30 +65,48 @@ class ImageResult:
     def error_rate(self, d='main'):
         "Fraction of labelled pixels predicted wrongly."
         return self.error(d).sum().item() / max(1, self.valid().sum().item())
-    def entropy(self, d='main'):
-        "Entropy of softmax(logits) in nats [H,W]."
-        return entropy_map(self.logits[d][None])[0]
-    def confidence(self, d='main'):
-        "Max softmax probability [H,W]."
-        return self.logits[d].softmax(0).amax(0)
-    def eln_error_prob(self, d='main'):
-        "ELN error probability 1 - sigmoid(ELN) [H,W]."
-        return torch.sigmoid(-self._eln(d))
-    def eln_keep(self, d='main', threshold:float=0.5):
-        "ELN mask [H,W] bool: keep where sigmoid(ELN) >= threshold."
-        return torch.sigmoid(self._eln(d)) >= threshold
-    def pseudo_label(self, d='main', threshold:float=0.5):
-        "Filtered pseudo label [H,W]: the prediction where the ELN keeps it, `ignore_index` (void) where it rejects it."
-        return torch.where(self.eln_keep(d, threshold), self.pred(d), self.ignore_index)
-    def scores(self, d='main', threshold:float=0.5) -> dict:
-        "Error-localization precision/recall/F1 of the ELN mask at `threshold` on this image (positive = error)."
-        s = error_localization_scores(~self.eln_keep(d, threshold)[None], self.pred(d)[None], self.label[None],
-                                      self.ignore_index)
-        return {k: s[k] for k in ('precision', 'recall', 'f1')}
-    def _eln(self, d):
-        if d not in self.eln:
-            raise ValueError(f"no ELN output for decoder {d!r} (models without an ELN, or filter != 'eln')")
-        return self.eln[d]
+
+# %% ../nbs/10_viz.ipynb #f6d76510
+@patch
+def entropy(self:ImageResult, d='main'):
+    "Entropy of softmax(logits) in nats [H,W]."
+    return entropy_map(self.logits[d][None])[0]
+
+@patch
+def confidence(self:ImageResult, d='main'):
+    "Max softmax probability [H,W]."
+    return self.logits[d].softmax(0).amax(0)
+
+# %% ../nbs/10_viz.ipynb #753a2c6c
+@patch
+def _eln(self:ImageResult, d):
+    "The ELN logits for decoder `d` [H,W]; a clear error when there are none."
+    if d not in self.eln:
+        raise ValueError(f"no ELN output for decoder {d!r} (models without an ELN, or filter != 'eln')")
+    return self.eln[d]
+
+@patch
+def eln_error_prob(self:ImageResult, d='main'):
+    "ELN error probability 1 - sigmoid(ELN) [H,W]."
+    return torch.sigmoid(-self._eln(d))
+
+@patch
+def eln_keep(self:ImageResult, d='main', threshold:float=0.5):
+    "ELN mask [H,W] bool: keep where sigmoid(ELN) >= threshold."
+    return torch.sigmoid(self._eln(d)) >= threshold
+
+@patch
+def pseudo_label(self:ImageResult, d='main', threshold:float=0.5):
+    "Filtered pseudo label [H,W]: the prediction where the ELN keeps it, `ignore_index` (void) where it rejects it."
+    return torch.where(self.eln_keep(d, threshold), self.pred(d), self.ignore_index)
+
+# %% ../nbs/10_viz.ipynb #a43f1ade
+@patch
+def scores(self:ImageResult, d='main', threshold:float=0.5) -> dict:
+    "Error-localization precision/recall/F1 of the ELN mask at `threshold` on this image (positive = error)."
+    s = error_localization_scores(~self.eln_keep(d, threshold)[None], self.pred(d)[None], self.label[None],
+                                  self.ignore_index)
+    return {k: s[k] for k in ('precision', 'recall', 'f1')}
 
 # %% ../nbs/10_viz.ipynb #c80aa139
 SCORES = {'eln': lambda r, d: r.eln_error_prob(d), 'entropy': lambda r, d: r.entropy(d),
