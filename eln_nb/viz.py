@@ -233,6 +233,7 @@ def outcome_map(r:ImageResult, d='main', threshold:float=0.5) -> np.ndarray:
 
 # %% ../nbs/10_viz.ipynb #7f98f31b
 def _show(ax, im, title, **kw):
+    "imshow `im` (a tensor or an array) on `ax` with a small title and no ticks; returns the image."
     im = im.numpy() if torch.is_tensor(im) else im
     h = ax.imshow(im, interpolation='nearest', **kw)
     ax.set_title(title, fontsize=9)
@@ -240,30 +241,45 @@ def _show(ax, im, title, **kw):
     ax.set_yticks([])
     return h
 
-def _fmt(s): return f"P {s['precision']:.2f}  R {s['recall']:.2f}  F1 {s['f1']:.2f}"
+def _fmt(s):
+    "Precision, recall and F1 in one short line."
+    return f"P {s['precision']:.2f}  R {s['recall']:.2f}  F1 {s['f1']:.2f}"
 
+# %% ../nbs/10_viz.ipynb #efead884
+def _decoder_row(axs, r:ImageResult, pal, decoder:str, alpha:float):
+    "Top row of the ELN panel: image, ground truth, the decoder's prediction, its true errors."
+    pred = r.pred(decoder)
+    _show(axs[0], r.rgb, r.name)
+    _show(axs[1], overlay(r.rgb, colorize(r.label, pal), alpha), 'ground truth')
+    _show(axs[2], overlay(r.rgb, colorize(pred, pal), alpha), f'prediction ({decoder})')
+    _show(axs[3], overlay(r.rgb, np.full(r.rgb.shape, (220, 30, 30), np.uint8), alpha, r.error(decoder)),
+          f'true errors: {100 * r.error_rate(decoder):.1f}% of pixels')
+
+# %% ../nbs/10_viz.ipynb #3bdcbcb5
+def _eln_row(fig, axs, r:ImageResult, pal, decoder:str, threshold:float, alpha:float):
+    "Bottom row: entropy, ELN error probability, the ELN mask at `threshold`, the filtered pseudo label."
+    s = r.scores(decoder, threshold)
+    fig.colorbar(_show(axs[0], r.entropy(decoder), 'entropy (nats)', cmap='magma', vmin=0), ax=axs[0],
+                 fraction=0.046)
+    fig.colorbar(_show(axs[1], r.eln_error_prob(decoder), 'ELN error probability', cmap='magma', vmin=0, vmax=1),
+                 ax=axs[1], fraction=0.046)
+    _show(axs[2],
+          overlay(r.rgb, outcome_map(r, decoder, threshold), alpha, ~r.eln_keep(decoder, threshold) | r.error(decoder)),
+          f'ELN mask at {threshold:.2f}\n{_fmt(s)}')
+    pl = r.pseudo_label(decoder, threshold)
+    _show(axs[3], colorize(pl, pal),
+          f'filtered pseudo label: {100 * (pl == r.ignore_index).float().mean():.0f}% void')
+
+# %% ../nbs/10_viz.ipynb #ec30e475
 def eln_panel(r:ImageResult, info:DatasetInfo, decoder='main', threshold:float=0.5, alpha:float=0.6,
               figsize=(12, 6.6)) -> Figure:
     "Image, truth, prediction, errors, entropy, ELN error probability, its mask at `threshold`, filtered pseudo label."
     fig = Figure(figsize=figsize)
     axs = fig.subplots(2, 4)
     pal = info.palette
-    s, pred = r.scores(decoder, threshold), r.pred(decoder)
-    _show(axs[0, 0], r.rgb, r.name)
-    _show(axs[0, 1], overlay(r.rgb, colorize(r.label, pal), alpha), 'ground truth')
-    _show(axs[0, 2], overlay(r.rgb, colorize(pred, pal), alpha), f'prediction ({decoder})')
-    _show(axs[0, 3], overlay(r.rgb, np.full(r.rgb.shape, (220, 30, 30), np.uint8), alpha, r.error(decoder)),
-          f'true errors: {100 * r.error_rate(decoder):.1f}% of pixels')
-    fig.colorbar(_show(axs[1, 0], r.entropy(decoder), 'entropy (nats)', cmap='magma', vmin=0), ax=axs[1, 0],
-                 fraction=0.046)
-    fig.colorbar(_show(axs[1, 1], r.eln_error_prob(decoder), 'ELN error probability', cmap='magma', vmin=0, vmax=1),
-                 ax=axs[1, 1], fraction=0.046)
-    _show(axs[1, 2],
-          overlay(r.rgb, outcome_map(r, decoder, threshold), alpha, ~r.eln_keep(decoder, threshold) | r.error(decoder)),
-          f'ELN mask at {threshold:.2f}\n{_fmt(s)}')
-    pl = r.pseudo_label(decoder, threshold)
-    _show(axs[1, 3], colorize(pl, pal),
-          f'filtered pseudo label: {100 * (pl == r.ignore_index).float().mean():.0f}% void')
+    s = r.scores(decoder, threshold)
+    _decoder_row(axs[0], r, pal, decoder, alpha)
+    _eln_row(fig, axs[1], r, pal, decoder, threshold, alpha)
     fig.suptitle(f'{r.name}  decoder {decoder}  ELN threshold {threshold:.2f}:  {_fmt(s)}', fontsize=10)
     class_legend(fig, info, (('void / rejected', VOID),) + tuple(OUTCOME.items()), ncol=5)
     fig.subplots_adjust(left=0.02, right=0.97, top=0.88, bottom=0.13, wspace=0.25, hspace=0.35)
