@@ -335,6 +335,7 @@ def is_anchor_preset(bcfg:BenchConfig, device:str='cpu') -> bool:
     return all(getattr(bcfg, k) == p[k]
                for k in ('backbone', 'eln_backbone', 'size', 'batch', 'num_classes', 'threads')) and device == 'cpu'
 
+# %% ../nbs/12_bench.ipynb #b28f8271
 def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     "Measurements + machine info -> the JSON report."
     ph, out = res['phases'], {}
@@ -383,6 +384,7 @@ def format_table(rep:dict) -> str:
 
 # %% ../nbs/12_bench.ipynb #73ac9a0c
 def _breakdown_lines(rep:dict) -> list:
+    "The table's lines on where a semi-supervised iteration spends its time (none without a breakdown)."
     bd = rep['breakdown']
     if not bd: return []
     L = ['', f"semi-supervised iteration, mean of {rep['config']['breakdown_iters']} instrumented iterations:"]
@@ -391,7 +393,9 @@ def _breakdown_lines(rep:dict) -> list:
     L.append(f"  {'total':16}{bd['total']:9.3f} s  (uninstrumented median {m:.3f} s: ratio {bd['total'] / m:.2f})")
     return L
 
+# %% ../nbs/12_bench.ipynb #467f98a4
 def _anchor_lines(rep:dict) -> list:
+    "The table's lines against the anchor: ratios per phase, the machine factor and the target, or why not comparable."
     if rep['anchor_ratio'] is None:
         return ['', 'anchor: not comparable (the anchor was measured at ResNet-50/34, 321x321, 2+2, 21 classes, CPU)']
     A, mr, adj = ANCHOR, rep['anchor_memory_ratio'], rep.get('anchor_ratio_adjusted')
