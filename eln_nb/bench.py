@@ -255,8 +255,11 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     return out
 
 # %% ../nbs/12_bench.ipynb #182d63ab
-def _stats(ts:list) -> dict: return {'median_s': statistics.median(ts), 'min_s': min(ts), 'times_s': ts}
+def _stats(ts:list) -> dict:
+    "Median, minimum and all of the times `ts`."
+    return {'median_s': statistics.median(ts), 'min_s': min(ts), 'times_s': ts}
 
+# %% ../nbs/12_bench.ipynb #26a0ffa3
 def count_flops(b:Bench, phase:str) -> float:
     "FLOPs of one training iteration of `phase` (forward + backward, as counted by FlopCounterMode)."
     from torch.utils.flop_counter import FlopCounterMode
