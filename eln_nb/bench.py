@@ -155,6 +155,7 @@ def step_loss(b:Bench, phase:str, lab:dict, unlab:dict=None):
     if phase == '1b': return phase1b_step(b.m, lab, b.mcfg)
     return semi_step(b.m, lab, unlab, b.mcfg, b.gen)
 
+# %% ../nbs/12_bench.ipynb #fb0ea9df
 def iteration(b:Bench, phase:str) -> float:
     "One training iteration of `phase` (batches, step under autocast, backward, optimizer, EMA) -> seconds."
     if phase == '2' and not b.teacher_started:
@@ -176,7 +177,9 @@ def iteration(b:Bench, phase:str) -> float:
     return time.perf_counter() - t0
 
 # %% ../nbs/12_bench.ipynb #90603350
-def _osum(*ts): return sum(t.float().sum() for t in ts)
+def _osum(*ts):
+    "The sum of every element of the tensors `ts`, in float32 (scalar)."
+    return sum(t.float().sum() for t in ts)
 
 def floor_loss(m:ELNModels, phase:str, lab:dict, unlab:dict=None, aux_on=None) -> torch.Tensor:
     "The phase's module calls with no loss maths: the sum of every output a loss reads (scalar)."
@@ -195,6 +198,7 @@ def floor_loss(m:ELNModels, phase:str, lab:dict, unlab:dict=None, aux_on=None) -
         m.eln(unlab['weak'], z_t, dropout=False)
     return out + sum(_osum(*m.student(unlab[v])) for v in ('weak', 'strong'))
 
+# %% ../nbs/12_bench.ipynb #ee8b3924
 def floor_iteration(b:Bench, phase:str, lab=None, unlab=None) -> float:
     "Forward and backward of `floor_loss` on fixed batches -> seconds."
     b.opt.zero_grad(set_to_none=True)
