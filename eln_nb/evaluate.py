@@ -31,15 +31,19 @@ from .stage2 import ema_update, start_teacher, reset_student_to_teacher
 # %% ../nbs/09c_evaluate.ipynb #1599af7d
 def _windows(n, w, s): return [0] if n <= w else sorted(set(list(range(0, n - w, s)) + [n - w]))
 
-# %% ../nbs/09c_evaluate.ipynb #1496086b
+# %% ../nbs/09c_evaluate.ipynb #8dcb0cfc
 @torch.no_grad()
-def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
-            eln:nn.Module=None, mode:str='full', window=(321, 321), overlap:float=1/3):
-    "Logits [B,C,H,W] of `net` at the image size (and ELN logits [B,1,H,W] on them, or None); mode 'full' or 'slide'."
-    if mode != 'slide':
-        z, _ = net(x, dropout=False)
-        e = None if eln is None else resize_to(eln(x, z, dropout=False).float(), x.shape[-2:])
-        return resize_to(z.float(), x.shape[-2:]), e
+def _predict_full(net:nn.Module, x:torch.Tensor, eln:nn.Module=None):
+    "Logits [B,C,H,W] of `net` on the whole image `x`, at its size, and the ELN logits [B,1,H,W] on them (or None)."
+    z, _ = net(x, dropout=False)
+    e = None if eln is None else resize_to(eln(x, z, dropout=False).float(), x.shape[-2:])
+    return resize_to(z.float(), x.shape[-2:]), e
+
+# %% ../nbs/09c_evaluate.ipynb #127487b6
+@torch.no_grad()
+def _predict_slide(net:nn.Module, x:torch.Tensor, eln:nn.Module=None, window=(321, 321),
+                   overlap:float=1/3):
+    "The same from overlapping windows (the image padded to one window if smaller), averaged where they overlap."
     (H, W), (wh, ww) = x.shape[-2:], window
     pad = (0, max(0, ww - W), 0, max(0, wh - H))
     xp = F.pad(x, pad)
@@ -48,7 +52,7 @@ def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
     z_sum, e_sum, cnt = None, None, xp.new_zeros(1, 1, Hp, Wp)
     for i in _windows(Hp, wh, max(1, int(wh * (1 - overlap)))):
         for j in _windows(Wp, ww, max(1, int(ww * (1 - overlap)))):
-            zw, ew = predict(net, xp[..., i:i+wh, j:j+ww], eln)
+            zw, ew = _predict_full(net, xp[..., i:i+wh, j:j+ww], eln)
             if z_sum is None:
                 z_sum = xp.new_zeros(x.shape[0], zw.shape[1], Hp, Wp, dtype=torch.float32)
                 e_sum = None if ew is None else xp.new_zeros(x.shape[0], 1, Hp, Wp, dtype=torch.float32)
@@ -57,6 +61,25 @@ def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
             if ew is not None: e_sum[..., i:i+wh, j:j+ww] += ew
     z = (z_sum / cnt)[..., :H, :W]
     return z, None if e_sum is None else (e_sum / cnt)[..., :H, :W]
+
+# %% ../nbs/09c_evaluate.ipynb #1496086b
+@torch.no_grad()
+def predict(net:nn.Module, x:torch.Tensor, # [B,3,H,W] normalised
+            eln:nn.Module=None, mode:str='full', window=(321, 321), overlap:float=1/3):
+    "Logits [B,C,H,W] of `net` at the image size (and ELN logits [B,1,H,W] on them, or None); mode 'full' or 'slide'."
+    if mode != 'slide': return _predict_full(net, x, eln)
+    return _predict_slide(net, x, eln, window, overlap)
+
+# %% ../nbs/09c_evaluate.ipynb #1c54204b
+def _report(cms:dict, s:dict, info:DatasetInfo, teacher:bool, mode:str) -> dict:
+    "The scores of `evaluate` from its confusion matrices `cms` and the ELN's error-localization scores `s`."
+    iou = lambda c: {n: round(float(v), 6) for n, v in zip(info.classes, c.iou())}
+    return {'student_miou': cms['student'].miou(), 'teacher_miou': cms['teacher'].miou() if teacher else math.nan,
+            'pixel_accuracy': cms['student'].pixel_accuracy(), 'per_class_iou': iou(cms['student']),
+            'teacher_per_class_iou': iou(cms['teacher']) if teacher else {},
+            'eln_precision': s.get('precision', math.nan), 'eln_recall': s.get('recall', math.nan),
+            'eln_f1': s.get('f1', math.nan),
+            'eln_f1_pooled': s.get('f1_total', math.nan), 'mode': mode}
 
 # %% ../nbs/09c_evaluate.ipynb #09b01fd8
 @torch.no_grad()
@@ -82,10 +105,4 @@ def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), 
     for c in cms.values(): c.all_reduce_()
     el.all_reduce_()
     s = el.compute() if has_eln else {}
-    iou = lambda c: {n: round(float(v), 6) for n, v in zip(info.classes, c.iou())}
-    return {'student_miou': cms['student'].miou(), 'teacher_miou': cms['teacher'].miou() if teacher else math.nan,
-            'pixel_accuracy': cms['student'].pixel_accuracy(), 'per_class_iou': iou(cms['student']),
-            'teacher_per_class_iou': iou(cms['teacher']) if teacher else {},
-            'eln_precision': s.get('precision', math.nan), 'eln_recall': s.get('recall', math.nan),
-            'eln_f1': s.get('f1', math.nan),
-            'eln_f1_pooled': s.get('f1_total', math.nan), 'mode': mode}
+    return _report(cms, s, info, teacher, mode)
