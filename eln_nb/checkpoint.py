@@ -84,6 +84,7 @@ def _reason(e) -> str:
     if m: return m.group(1).strip()
     return ' '.join(l for l in s.splitlines() if l.strip() and 'weights_only' not in l)[:300]
 
+# %% ../nbs/09b_checkpoints.ipynb #3b3cab8a
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Read a checkpoint with `weights_only=True`; a missing, truncated or corrupt file raises a `CheckpointError`."
     path = Path(path)

@@ -66,6 +66,14 @@ def _add_option(g, f:dataclasses.Field, h:str):
     else: g.add_argument(opt, type=type(f.default), default=argparse.SUPPRESS, help=h)
 
 # %% ../nbs/11_cli.ipynb #3ebe8332
+def _epilog():
+    return ('presets:\n' + '\n'.join(f"  {k:<15}{', '.join(f'{a}={b}' for a, b in list(v.items())[:6])}, ..."
+                                     for k, v in PRESETS.items()) +
+            '\n\nexamples:\n  eln_nb_train --preset demo --out runs/demo\n'
+            '  eln_nb_train --preset voc-r50 --split 8 --split-seed 0 --data-root data/VOC2012 --out runs/voc8\n'
+            '  torchrun --standalone --nproc_per_node 4 -m eln_nb.cli --preset voc-r101 --split 4 --out runs/voc4')
+
+# %% ../nbs/11_cli.ipynb #faa7ee94
 def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser:
     "argparse parser: `--preset`, `--resume`, `--dry-run` and one option per `TrainConfig` field (`preset`'s defaults)."
     usage = '%(prog)s [--preset NAME] [--resume CKPT] [--dry-run] [--OPTION VALUE ...]'
@@ -83,13 +91,6 @@ def config_parser(prog='eln_nb_train', preset='demo') -> argparse.ArgumentParser
         h = f"{helps.get(f.name, '')} (default {getattr(base, f.name)!r})".replace('%', '%%')
         _add_option(g, f, h)
     return p
-
-def _epilog():
-    return ('presets:\n' + '\n'.join(f"  {k:<15}{', '.join(f'{a}={b}' for a, b in list(v.items())[:6])}, ..."
-                                     for k, v in PRESETS.items()) +
-            '\n\nexamples:\n  eln_nb_train --preset demo --out runs/demo\n'
-            '  eln_nb_train --preset voc-r50 --split 8 --split-seed 0 --data-root data/VOC2012 --out runs/voc8\n'
-            '  torchrun --standalone --nproc_per_node 4 -m eln_nb.cli --preset voc-r101 --split 4 --out runs/voc4')
 
 # %% ../nbs/11_cli.ipynb #8414bcfa
 def parse_config(argv=None):

@@ -242,6 +242,7 @@ def colorize(label:torch.Tensor, # int64 [H,W]
     pal[:len(palette)] = np.asarray(palette, np.uint8)
     return pal[np.asarray(label).clip(0, 255)]
 
+# %% ../nbs/00_scenes.ipynb #f00cc466
 def show_views(dataset, idxs=(0, 1, 2, 3), view=None, seed:int=0):
     "Figure: rows = samples; columns = image, label, weak view, strong view, view label."
     import matplotlib.pyplot as plt

@@ -60,6 +60,7 @@ def read_split(dir, n, i):
         raise DatasetError(f"{d}/{n}_labeled_{i}.txt: {len(both)} names are also unlabelled, e.g. {sorted(both)[:3]}")
     return labelled_names, unlabelled_names
 
+# %% ../nbs/00b_splits.ipynb #59141b6e
 def check_split(labelled, unlabelled, pool):
     "Raise unless labelled and unlabelled are disjoint and together are exactly `pool`."
     l, u, p = set(labelled), set(unlabelled), set(pool)
