@@ -193,6 +193,15 @@ def _run_stats(self:Trainer) -> dict:
     return {'phases': ph, 'wall_time_s': round(self.prior['wall_time_s'] + time.time() - self.t0, 1),
             'sessions': self.prior['sessions'] + 1, 'best_iteration': self.best_it, 'stage1': self.stage1}
 
+# %% ../nbs/09d_train.ipynb #a174dbf0
+@patch
+def _restore_run(self:Trainer, ck:dict):
+    "Take the run accounting of checkpoint `ck`: per-phase statistics, wall time, sessions, best iteration, stage 1."
+    run = ck.get('run') or {}
+    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
+                  'sessions': run.get('sessions', 1)}
+    self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
+
 # %% ../nbs/09d_train.ipynb #69f59064
 @patch
 def _unused(self:Trainer, it=None) -> tuple:
@@ -238,10 +247,7 @@ def _resume(self:Trainer, resume=None):
     self._load_models(ck['models'], path)
     self.opt.load_state_dict(ck['optimizer'])
     self.scaler.load_state_dict(ck['scaler'])
-    run = ck.get('run') or {}
-    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
-                  'sessions': run.get('sessions', 1)}
-    self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
+    self._restore_run(ck)
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
     elif self.main:
         warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are "
@@ -311,10 +317,7 @@ def _branch(self:Trainer, path):
         if n in moments:
             self.opt.state[p] = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in moments[n].items()}
     self.scaler.load_state_dict(ck['scaler'])
-    run = ck.get('run') or {}
-    self.prior = {'phases': run.get('phases', {}), 'wall_time_s': run.get('wall_time_s', 0.0),
-                  'sessions': run.get('sessions', 1)}
-    self.best_it, self.stage1 = run.get('best_iteration'), run.get('stage1')
+    self._restore_run(ck)
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
     dropped = sorted({k.split('.')[0] for k in ck['models']} - set(keep))
     if self.main:
