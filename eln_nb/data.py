@@ -30,6 +30,7 @@ def sample_seed(seed:int, epoch:int, position:int) -> int:
     "A 63-bit seed for one sample, mixed from (seed, epoch, global position in the epoch)."
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
+# %% ../nbs/00c_data.ipynb #58292752
 class EndlessSampler(Sampler):
     "Endless `(index, sample_seed)` stream for one rank, starting at rank-local position `start`."
     def __init__(self, n:int, seed:int, rank:int=0, world_size:int=1, start:int=0, shuffle:bool=True):
@@ -103,6 +104,7 @@ class EndlessLoader:
         self.step += 1
         return b
 
+# %% ../nbs/00c_data.ipynb #a27a9093
 def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers:int=0, rank:int=0, world_size:int=1,
                 view=None, pin_memory=None, shuffle:bool=True, prefetch_factor:int=2,
                 partial_batches:bool=False) -> EndlessLoader: # True: each epoch ends with a smaller batch (official)

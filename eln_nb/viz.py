@@ -22,7 +22,7 @@ from .metrics import error_localization_scores, ErrorLocalizationMeter
 # %% auto #0
 __all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'run_models', 'ImageResult', 'error_score', 'pr_curve', 'best_f1',
            'load_models', 'checkpoint_dataset', 'ErrorAnalyzer', 'overlay', 'class_legend', 'outcome_map', 'eln_panel',
-           'aux_panel', 'pr_figure', 'fig_png', 'filter_figure', 'ErrorExplorer', 'save_panels']
+           'aux_panel', 'fig_png', 'pr_figure', 'filter_figure', 'ErrorExplorer', 'save_panels']
 
 # %% ../nbs/10_viz.ipynb #ac5d79eb
 @torch.no_grad()
@@ -308,6 +308,13 @@ def aux_panel(r:ImageResult, info:DatasetInfo, decoders=None, threshold:float=0.
 LABELS = {'eln': 'ELN (1 - sigmoid)', 'entropy': 'entropy', 'confidence': '1 - confidence'}
 
 # %% ../nbs/10_viz.ipynb #4f3ff33d
+def fig_png(fig:Figure, dpi:int=80) -> bytes:
+    "PNG bytes of a figure."
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
+
+# %% ../nbs/10_viz.ipynb #e394354c
 def pr_figure(curves:dict, # method -> `pr_curve`
               eln_threshold:float=0.5, title='error localization') -> Figure:
     "Precision-recall curves of error localization, the best-F1 point of each method and the ELN at `eln_threshold`."
@@ -327,12 +334,6 @@ def pr_figure(curves:dict, # method -> `pr_curve`
     ax.legend(fontsize=8, loc='upper right')
     fig.tight_layout()
     return fig
-
-def fig_png(fig:Figure, dpi:int=80) -> bytes:
-    "PNG bytes of a figure."
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi)
-    return buf.getvalue()
 
 # %% ../nbs/10_viz.ipynb #ed209c2d
 def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = void), eln (keep prob.), ent, palette
