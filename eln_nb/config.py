@@ -218,6 +218,7 @@ PRESETS = {
                            eval_batch_size=1, out='runs/cityscapes-r50'),
 }
 
+# %% ../nbs/09_config.ipynb #7880abb9
 def make_config(preset:str=None, **overrides) -> TrainConfig:
     "A `TrainConfig` from the defaults, then `preset`, then the official values if `official`, then `overrides`."
     if preset is not None and preset not in PRESETS:
