@@ -224,13 +224,23 @@ class Timer:
 
 BREAKDOWN = ('data', 'teacher_fwd', 'student_fwd_bwd', 'aux', 'eln', 'contrastive', 'optimizer', 'ema', 'other')
 
+# %% ../nbs/12_bench.ipynb #98deb995
+def _split_backward(b:Bench, lt:dict, ut:dict, fs, T):
+    "A semi-supervised backward in pieces timed by `T`: contrastive (to the embeddings `fs`), aux, ELN, student."
+    c, S = b.mcfg, b.scaler.scale
+    with T('contrastive'): g = torch.autograd.grad(S(c.lambda_con * ut['con']), fs, retain_graph=True)
+    with T('aux'):
+        if lt['aux'].requires_grad: S(lt['aux']).backward()
+    with T('eln'): S(lt['eln']).backward()
+    with T('student_fwd_bwd'): torch.autograd.backward([S(lt['sup'] + c.lambda_st * ut['st']), *fs], [None, *g])
+
 # %% ../nbs/12_bench.ipynb #c699c27c
 def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
     if not b.teacher_started:
         start_teacher(b.m)
         b.teacher_started = True
-    T, c, S = Timer(b.sync), b.mcfg, b.scaler.scale
+    T, c = Timer(b.sync), b.mcfg
     b.sync()
     t0 = time.perf_counter()
     with T('data'):
@@ -240,11 +250,7 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
         lt, _ = labelled_terms(b.m, lab, c, T)
         ut, fs, _ = unlabelled_terms(b.m, unlab, c, b.gen, T)
     with T('optimizer'): b.opt.zero_grad(set_to_none=True)
-    with T('contrastive'): g = torch.autograd.grad(S(c.lambda_con * ut['con']), fs, retain_graph=True)
-    with T('aux'):
-        if lt['aux'].requires_grad: S(lt['aux']).backward()
-    with T('eln'): S(lt['eln']).backward()
-    with T('student_fwd_bwd'): torch.autograd.backward([S(lt['sup'] + c.lambda_st * ut['st']), *fs], [None, *g])
+    _split_backward(b, lt, ut, fs, T)
     with T('optimizer'):
         fill_zero_grads(b.opt)
         b.scaler.step(b.opt)

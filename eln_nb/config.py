@@ -63,7 +63,7 @@ class DataOptions:
 # %% ../nbs/09_config.ipynb #bd0c76eb
 @dataclass
 class NetworkOptions:
-    "The networks: encoders, output stride, auxiliary decoders, the pseudo-label filter and the weights they start from."
+    "The networks: encoders, output stride, auxiliary decoders, the pseudo-label filter, the starting weights."
     backbone: str = 'resnet50'           # segmentation encoder: resnet18, 34, 50 or 101
     eln_backbone: str = 'resnet34'       # ELN encoder
     output_stride: int = 16              # 8 or 16
@@ -160,7 +160,8 @@ class RuntimeOptions:
 
 # %% ../nbs/09_config.ipynb #878a879e
 @dataclass
-class TrainConfig(RuntimeOptions, EvalOptions, ScheduleOptions, MethodOptions, OfficialOptions, NetworkOptions, DataOptions):
+class TrainConfig(RuntimeOptions, EvalOptions, ScheduleOptions, MethodOptions, OfficialOptions, NetworkOptions,
+                  DataOptions):
     "Everything a run needs: data, networks, method, schedule, optimisation, evaluation and runtime (the groups above)."
 
 # %% ../nbs/09_config.ipynb #585279ba

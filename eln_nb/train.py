@@ -451,7 +451,7 @@ def checkpoint(self:Trainer):
 # %% ../nbs/09d_train.ipynb #f024c4a2
 @patch
 def _log_train(self:Trainer, logs:dict, bar):
-    "Log the losses of the iteration just done: the progress bar, metrics.jsonl, TensorBoard and the phase's last losses."
+    "Log the iteration just done: progress bar, metrics.jsonl, TensorBoard and the phase's last losses."
     phase, t, n0, _ = self._cur
     last = {k: round(float(v), 4) for k, v in logs.items()}
     self._cur = (phase, t, n0, last)
