@@ -67,7 +67,7 @@ def save_checkpoint(state:dict, path, keep_prev:bool=True):
             os.fsync(f.fileno())
     except BaseException as e:
         tmp.unlink(missing_ok=True)                           # no half-written file left behind
-        # a full disk shows up as an OSError, or as a RuntimeError from torch's zip writer
+        # a full disk shows up as an OSError, or as a RuntimeError from torch's zip writer; anything else as it is
         if not isinstance(e, (OSError, RuntimeError)): raise
         free = shutil.disk_usage(path.parent).free / 2**30
         why = ' '.join(str(e).split())[:200]

@@ -293,15 +293,15 @@ def _eval_where(a, cfg) -> tuple:
 
 def _eval_window(a, cfg) -> tuple:
     "The sliding window (H, W): --window (one value: a square), else the run's crop, else 321 x 321."
-    run_crop = _pair(cfg.crop[0] if len(cfg.crop) == 1 else cfg.crop) if cfg.crop else None
+    run_crop = _pair(_size(cfg.crop)) if cfg.crop else None
     return tuple(a.window * 2 if a.window and len(a.window) == 1 else a.window or ()) or run_crop or (321, 321)
 
 # %% ../nbs/11_cli.ipynb #e90cb382
-def _eval_mode(m, ds, info, dev, amp, mode:str, size, window, cfg, batch_size:int) -> dict:
+def _eval_mode(m, ds, info, dev, amp, mode:str, size, window, eln_threshold:float, batch_size:int) -> dict:
     "The scores of one mode (full, resize or slide), printed on one line."
     t = time.time()
     dl = eval_loader(ds, batch_size, resize=size if mode == 'resize' else None)
-    r = evaluate(m, dl, info, dev, amp, 'slide' if mode == 'slide' else 'full', window, cfg.eln_threshold)
+    r = evaluate(m, dl, info, dev, amp, 'slide' if mode == 'slide' else 'full', window, eln_threshold)
     r['mode'], r['time_s'] = mode, round(time.time() - t, 1)
     print(f"{mode:<7} student mIoU {r['student_miou']:.4f}  teacher mIoU {r['teacher_miou']:.4f}  pixel acc "
           f"{r['pixel_accuracy']:.4f}  "
@@ -326,7 +326,8 @@ def eval_main(argv=None):
     m.to(dev)
     window = _eval_window(a, cfg)
     modes, size = _eval_modes(a, cfg)
-    results = {mode: _eval_mode(m, ds, info, dev, amp, mode, size, window, cfg, a.batch_size) for mode in modes}
+    thr = cfg.eln_threshold
+    results = {mode: _eval_mode(m, ds, info, dev, amp, mode, size, window, thr, a.batch_size) for mode in modes}
     if a.json: Path(a.json).write_text(json.dumps({'ckpt': str(a.ckpt), 'dataset': name, 'results': results}, indent=1))
     return 0
 
