@@ -88,6 +88,35 @@ def _crop(x, i, j, wh, ww):
     x = x[..., i:i+wh, j:j+ww]
     return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() == 4 else x.reshape(-1)
 
+# %% ../nbs/05_losses.ipynb #a5d3363e
+def _draw_windows(H:int, W:int, windows:int, window_size:int, generator:torch.Generator=None):
+    "The window size (wh,ww) and the corners ys, xs (lists) of the windows in an [H,W] map."
+    wh, ww = min(window_size, H), min(window_size, W)
+    ys = torch.randint(0, H - wh + 1, (windows,), generator=generator).tolist()
+    xs = torch.randint(0, W - ww + 1, (windows,), generator=generator).tolist()
+    # the window is the whole map: every window is the same
+    if wh == H and ww == W: ys, xs = ys[:1], xs[:1]
+    return wh, ww, ys, xs
+
+# %% ../nbs/05_losses.ipynb #e7c8afe7
+def _kept_classes(pseudo:torch.Tensor, keep:torch.Tensor):
+    "[B,h,w] pseudo labels and ELN mask -> the pixels that take part [B,h,w] bool, their class ids [B,h,w], and C."
+    keep = keep.bool() & (pseudo != 255) & (pseudo >= 0)
+    y = torch.where(keep, pseudo, torch.zeros_like(pseudo)).long()
+    return keep, y, int(y.max()) + 1
+
+# %% ../nbs/05_losses.ipynb #6e645401
+def _windows_mean(t, s, y, keep, wh:int, ww:int, ys:list, xs:list, C:int, tau:float, compact:bool):
+    "Mean over the windows of `_window_contrast`: t,s [B,d,h,w] normalised, y [B,h,w] class ids, keep [B,h,w] bool."
+    ls = []
+    for i, j in zip(ys, xs):
+        tw, sw, yw, kw = (_crop(x, i, j, wh, ww) for x in (t, s, y, keep))
+        if compact:
+            idx = kw.nonzero()[:, 0]
+            tw, sw, yw, kw = tw[idx], sw[idx], yw[idx], kw[idx]
+        ls.append(_window_contrast(tw, sw, yw, kw.float(), C, tau))
+    return torch.stack(ls).mean()
+
 # %% ../nbs/05_losses.ipynb #c4c2b245
 def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,d,h,w] teacher embeddings: anchors (no gradient)
                            f_student:torch.Tensor, # [B,d,h,w] student embeddings: positives and negatives
@@ -102,23 +131,10 @@ def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,d,h,w] teacher embedding
     if f_student.shape != f_teacher.shape or pseudo.shape != (B, H, W) or keep.shape != (B, H, W):
         raise ValueError(f"shapes differ: {tuple(f_teacher.shape)}, {tuple(f_student.shape)}, {tuple(pseudo.shape)}, "
                          f"{tuple(keep.shape)}")
-    wh, ww = min(window_size, H), min(window_size, W)
-    ys = torch.randint(0, H - wh + 1, (windows,), generator=generator).tolist()
-    xs = torch.randint(0, W - ww + 1, (windows,), generator=generator).tolist()
-    # the window is the whole map: every window is the same
-    if wh == H and ww == W: ys, xs = ys[:1], xs[:1]
-    keep = keep.bool() & (pseudo != 255) & (pseudo >= 0)
-    y = torch.where(keep, pseudo, torch.zeros_like(pseudo)).long()
-    C = int(y.max()) + 1
+    wh, ww, ys, xs = _draw_windows(H, W, windows, window_size, generator)
+    keep, y, C = _kept_classes(pseudo, keep)
     if compact is None: compact = f_student.device.type == 'cpu'   # GPU: fixed shapes, no host sync
     with torch.autocast(f_student.device.type, enabled=False):
-        t, s = F.normalize(f_teacher.detach().float(), dim=1, eps=1e-8), F.normalize(f_student.float(), dim=1, eps=1e-8)
-        ls = []
-        for i, j in zip(ys, xs):
-            tw, sw, yw, kw = (_crop(x, i, j, wh, ww) for x in (t, s, y, keep))
-            if compact:
-                idx = kw.nonzero()[:, 0]
-                tw, sw, yw, kw = tw[idx], sw[idx], yw[idx], kw[idx]
-            ls.append(_window_contrast(tw, sw, yw, kw.float(), C, tau))
-    return torch.stack(ls).mean()
-
+        t = F.normalize(f_teacher.detach().float(), dim=1, eps=1e-8)
+        s = F.normalize(f_student.float(), dim=1, eps=1e-8)
+        return _windows_mean(t, s, y, keep, wh, ww, ys, xs, C, tau, compact)
