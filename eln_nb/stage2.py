@@ -56,18 +56,26 @@ def _diagnostics(z_t, keep, y, mcfg) -> dict:
     return {'pl_acc_kept': (right & keep).sum() / (keep & known).sum().clamp(min=1),
             'pl_acc_all': right.sum() / known.sum().clamp(min=1)}
 
+# %% ../nbs/08_stage2.ipynb #6820a5d7
+def _view_terms(m:ELNModels, x, z_t, f_t, pseudo, keep, mcfg:MethodConfig, generator=None, timer=untimed):
+    "L_st and L_con of one student view x [B,3,H,W] against the teacher's z_t, f_t; and the view's embeddings f_s."
+    with timer('student_fwd_bwd'):
+        z_s, f_s = m.student(x)
+        l_st = pseudo_label_loss(z_s, z_t, keep)
+    with timer('contrastive'):
+        l_con = pixel_contrastive_loss(f_t, resize_to(f_s, f_t.shape[-2:]), pseudo, keep, mcfg.tau,
+                                       mcfg.windows, mcfg.window_size, generator)
+    return l_st, l_con, f_s
+
+# %% ../nbs/08_stage2.ipynb #dcd8f4e6
 def unlabelled_terms(m:ELNModels, unlab:dict, mcfg:MethodConfig=MethodConfig(), generator=None, timer=untimed):
     "({'st': L_st, 'con': L_con}, the student's embeddings f_s of both views, logs) on {'weak', 'strong', 'label'}."
     z_t, f_t, keep = pseudo_labels(m, unlab['weak'], mcfg, timer)
     with timer('other'): pseudo = torch.where(keep, z_t.argmax(1), torch.full_like(keep, 255, dtype=torch.long))
     l_st, l_con, feats = 0., 0., []
     for view in ('weak', 'strong'):
-        with timer('student_fwd_bwd'):
-            z_s, f_s = m.student(unlab[view])
-            l_st = l_st + pseudo_label_loss(z_s, z_t, keep)
-        with timer('contrastive'):
-            l_con = l_con + pixel_contrastive_loss(f_t, resize_to(f_s, f_t.shape[-2:]), pseudo, keep, mcfg.tau,
-                                                   mcfg.windows, mcfg.window_size, generator)
+        st, con, f_s = _view_terms(m, unlab[view], z_t, f_t, pseudo, keep, mcfg, generator, timer)
+        l_st, l_con = l_st + st, l_con + con
         feats.append(f_s)
     logs = {'st': l_st.detach(), 'con': l_con.detach(), 'keep': keep.float().mean()}
     with timer('other'):
