@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['FILTERS', 'phase1b_step', 'ELNModels', 'MethodConfig', 'phase1a_step', 'aux_losses', 'eln_terms',
            'official_eln_preds', 'untimed', 'labelled_terms', 'labelled_losses', 'is_seg_bn_param', 'param_groups',
-           'fill_zero_grads', 'make_optimizer']
+           'make_optimizer', 'fill_zero_grads']
 
 # %% ../nbs/07_stage1.ipynb #4fb92c11
 import contextlib, copy
@@ -17,9 +17,18 @@ from .decoders import SegModel, AuxDecoders
 from .eln import ELN, per_source_bn
 from .losses import sup_loss, constrained_aux_loss, eln_loss
 
-# %% ../nbs/07_stage1.ipynb #42864ec0
+# %% ../nbs/07_stage1.ipynb #b0a351b8
 FILTERS = ('eln', 'ecn', 'threshold', 'none', 'supervised')
 
+def _error_networks(num_classes:int, filter:str, enc:nn.Module, k:int, output_stride:int, eln_backbone:str, eln_pretrained,
+            eln_dilate:bool, eln_random_shortcuts:bool, eln_copy_rgb:bool, aux_proj:bool):
+    "The K auxiliary decoders on the student encoder `enc`'s maps, and the ELN (s-ECN: one output per class)."
+    aux = AuxDecoders(num_classes, k, enc.high_channels, enc.low_channels, output_stride, 128 if aux_proj else None)
+    eln = ELN(num_classes, eln_backbone, output_stride, eln_pretrained, num_classes if filter == 'ecn' else 1,
+              copy_rgb=eln_copy_rgb, dilate=eln_dilate, random_shortcuts=eln_random_shortcuts)
+    return aux, eln
+
+# %% ../nbs/07_stage1.ipynb #42864ec0
 class ELNModels(nn.Module):
     "Student, EMA teacher, K auxiliary decoders and the ELN (or s-ECN) of one run."
     def __init__(self, num_classes:int, backbone='resnet50', output_stride=16, multi_grid=True, k=2,
@@ -32,12 +41,8 @@ class ELNModels(nn.Module):
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.aux = self.eln = None
         if filter in ('eln', 'ecn'):
-            enc = self.student.encoder
-            self.aux = AuxDecoders(num_classes, k, enc.high_channels, enc.low_channels, output_stride,
-                                   128 if aux_proj else None)
-            self.eln = ELN(num_classes, eln_backbone, output_stride, eln_pretrained,
-                           num_classes if filter == 'ecn' else 1,
-                           copy_rgb=eln_copy_rgb, dilate=eln_dilate, random_shortcuts=eln_random_shortcuts)
+            self.aux, self.eln = _error_networks(num_classes, filter, self.student.encoder, k, output_stride, eln_backbone,
+                                         eln_pretrained, eln_dilate, eln_random_shortcuts, eln_copy_rgb, aux_proj)
         for mod in self.modules():
             if isinstance(mod, Dropout): mod.fast = fast_dropout
 
@@ -105,13 +110,25 @@ def official_eln_preds(m:ELNModels, x) -> list:
 # %% ../nbs/07_stage1.ipynb #31b361ca
 def untimed(name:str): return contextlib.nullcontext()
 
-def labelled_terms(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig(), timer=untimed):
-    "{'sup': L_sup, 'aux': L_aux, 'eln': L_ELN} on a labelled batch, and logs; `timer(piece)` wraps each piece."
-    x, y = lab['image'], lab['label']
+def _sup_forward(m:ELNModels, x, y, mcfg:MethodConfig=MethodConfig(), timer=untimed):
+    "The student's pass on a labelled batch: the encoder maps (high, low), the main logits z [B,C,h,w] and L_sup."
     with timer('student_fwd_bwd'):
         high, low = m.student.encode(x)
         z, _ = m.student.decode(high, low)
         l_sup = sup_loss(z, y, mcfg.ignore_index)
+    return high, low, z, l_sup
+
+def _labelled_logs(l_sup, l_aux, l_eln, l_k:list, on:list) -> dict:
+    "The detached terms of a 1b step, each decoder's l_k (`aux{k}`) and whether it learned (`aux{k}_on`, 0/1)."
+    return {'sup': l_sup.detach(), 'aux': l_aux.detach(), 'eln': l_eln.detach(),
+            **{f'aux{k}': l for k, l in enumerate(l_k)},
+            **{f'aux{k}_on': torch.tensor(float(a)) for k, a in enumerate(on)}}
+
+# %% ../nbs/07_stage1.ipynb #6bb6e74a
+def labelled_terms(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig(), timer=untimed):
+    "{'sup': L_sup, 'aux': L_aux, 'eln': L_ELN} on a labelled batch, and logs; `timer(piece)` wraps each piece."
+    x, y = lab['image'], lab['label']
+    high, low, z, l_sup = _sup_forward(m, x, y, mcfg, timer)
     if m.eln is None: return {'sup': l_sup}, {'sup': l_sup.detach()}
     with timer('aux'):
         if not mcfg.eln_reuse_preds:
@@ -120,11 +137,9 @@ def labelled_terms(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig(), time
     with timer('eln'):
         preds = preds + [z.detach()] if mcfg.eln_reuse_preds else official_eln_preds(m, x)
         l_eln = torch.stack(eln_terms(m, x, preds, y, mcfg)).sum()
-    logs = {'sup': l_sup.detach(), 'aux': l_aux.detach(), 'eln': l_eln.detach(),
-            **{f'aux{k}': l for k, l in enumerate(l_k)},
-            **{f'aux{k}_on': torch.tensor(float(a)) for k, a in enumerate(on)}}
-    return {'sup': l_sup, 'aux': l_aux, 'eln': l_eln}, logs
+    return {'sup': l_sup, 'aux': l_aux, 'eln': l_eln}, _labelled_logs(l_sup, l_aux, l_eln, l_k, on)
 
+# %% ../nbs/07_stage1.ipynb #5fdbd925
 def labelled_losses(m:ELNModels, lab:dict, mcfg:MethodConfig=MethodConfig(), timer=untimed):
     "L_sup + L_aux + L_ELN on a labelled batch -> (loss, logs)."
     terms, logs = labelled_terms(m, lab, mcfg, timer)
@@ -149,13 +164,15 @@ def param_groups(m:ELNModels, lr=1e-4, backbone_lr=1e-5, official_frozen_bn=Fals
     return [{'params': groups['backbone'], 'lr': backbone_lr, 'name': 'backbone'},
             {'params': groups['head'], 'lr': lr, 'name': 'head'}]
 
+# %% ../nbs/07_stage1.ipynb #f0bc7b0f
+def make_optimizer(m:ELNModels, lr=1e-4, backbone_lr=1e-5, weight_decay=1e-5, official_frozen_bn=False, fused=True):
+    "The official AdamW (constant learning rate), fused into one kernel per step where the device supports it."
+    return torch.optim.AdamW(param_groups(m, lr, backbone_lr, official_frozen_bn), weight_decay=weight_decay,
+                             fused=fused)
+
+# %% ../nbs/07_stage1.ipynb #526102bf
 def fill_zero_grads(opt:torch.optim.Optimizer):
     "Zero gradient for each parameter `opt` has stepped before that got none now (the torch 1.11 `zero_grad` rule)."
     for g in opt.param_groups:
         for p in g['params']:
             if p.grad is None and opt.state.get(p): p.grad = torch.zeros_like(p)
-
-def make_optimizer(m:ELNModels, lr=1e-4, backbone_lr=1e-5, weight_decay=1e-5, official_frozen_bn=False, fused=True):
-    "The official AdamW (constant learning rate), fused into one kernel per step where the device supports it."
-    return torch.optim.AdamW(param_groups(m, lr, backbone_lr, official_frozen_bn), weight_decay=weight_decay,
-                             fused=fused)
