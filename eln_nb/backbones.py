@@ -8,6 +8,7 @@ import os, warnings
 from pathlib import Path
 import torch, torch.nn as nn, torchvision
 from torchvision.models.resnet import Bottleneck, conv1x1
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['RESNET_SPECS', 'TORCHVISION_FILES', 'DilatedBasicBlock', 'layer_plan', 'PretrainedWeightsError', 'imagenet_weights',
@@ -81,6 +82,7 @@ def cached_imagenet(depth):
     ckpt = Path(torch.hub.get_dir()) / 'checkpoints'
     return next((ckpt / f for f in TORCHVISION_FILES[depth] if (ckpt / f).is_file()), None)
 
+# %% ../nbs/01_backbones.ipynb #a9c77bfd
 def fetch_imagenet(depth, download=True) -> Path:
     "The hub-cache file of ResNet-`depth`'s ImageNet weights, downloaded through torchvision if missing and allowed"
     found = cached_imagenet(depth)
@@ -132,6 +134,24 @@ def widen_first_conv(conv, in_channels, copy_rgb=False):
             new.weight[:, :3] = conv.weight
     return new
 
+# %% ../nbs/01_backbones.ipynb #932ddfea
+def _resnet_layers(depth:int, output_stride:int, multi_grid:bool, dilate:bool):
+    "ResNet-`depth`'s [layer1..layer4] at `output_stride`, and the channels of layer1 (low) and of layer4 (high)."
+    block, inplanes, layers = RESNET_SPECS[depth][0], 64, []
+    for i, (stride, dils) in enumerate(layer_plan(depth, output_stride, multi_grid, dilate)):
+        layers.append(_make_layer(block, inplanes, 64 * 2**i, stride, dils))
+        inplanes = 64 * 2**i * block.expansion
+    return layers, 64 * block.expansion, inplanes
+
+# %% ../nbs/01_backbones.ipynb #9795db34
+def _resnet_init(module:nn.Module):
+    "torchvision's ResNet init, in place: kaiming_normal (fan_out) for every conv, BN weight 1 and bias 0"
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
 # %% ../nbs/01_backbones.ipynb #b80f17c9
 class ResNetEncoder(nn.Module):
     "ResNet trunk: x [B,in_channels,H,W] -> (high [B,high_channels,H/os,W/os], low [B,low_channels,H/4,W/4])"
@@ -139,13 +159,11 @@ class ResNetEncoder(nn.Module):
                  copy_rgb=False, # Deviation: copy RGB filters into a widened conv1 (official: fresh init)
                  dilate=True):   # False: the official ELN's BasicBlock quirk (stride removed, no dilation)
         super().__init__()
-        block, inplanes = RESNET_SPECS[depth][0], 64
         self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
         self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
-        for i, (stride, dils) in enumerate(layer_plan(depth, output_stride, multi_grid, dilate)):
-            setattr(self, f'layer{i+1}', _make_layer(block, inplanes, 64 * 2**i, stride, dils))
-            inplanes = 64 * 2**i * block.expansion
-        self.low_channels, self.high_channels, self.output_stride = 64 * block.expansion, inplanes, output_stride
+        layers, self.low_channels, self.high_channels = _resnet_layers(depth, output_stride, multi_grid, dilate)
+        for i, layer in enumerate(layers): setattr(self, f'layer{i+1}', layer)
+        self.output_stride = output_stride
         self.reset_parameters()
         self.weights = find_weights(depth, pretrained)
         if self.weights is not None: load_imagenet(self, self.weights)
@@ -153,12 +171,10 @@ class ResNetEncoder(nn.Module):
 
     def reset_parameters(self):
         "torchvision's ResNet init: kaiming_normal (fan_out) convs, BN weight 1 / bias 0"
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _resnet_init(self)
 
-    def forward(self, x):
+# %% ../nbs/01_backbones.ipynb #43e407bc
+@patch
+def forward(self:ResNetEncoder, x):
         low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
         return self.layer4(self.layer3(self.layer2(low))), low

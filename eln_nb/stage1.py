@@ -20,8 +20,8 @@ from .losses import sup_loss, constrained_aux_loss, eln_loss
 # %% ../nbs/07_stage1.ipynb #b0a351b8
 FILTERS = ('eln', 'ecn', 'threshold', 'none', 'supervised')
 
-def _error_networks(num_classes:int, filter:str, enc:nn.Module, k:int, output_stride:int, eln_backbone:str, eln_pretrained,
-            eln_dilate:bool, eln_random_shortcuts:bool, eln_copy_rgb:bool, aux_proj:bool):
+def _error_networks(num_classes:int, filter:str, enc:nn.Module, k:int, output_stride:int, eln_backbone:str,
+                    eln_pretrained, eln_dilate:bool, eln_random_shortcuts:bool, eln_copy_rgb:bool, aux_proj:bool):
     "The K auxiliary decoders on the student encoder `enc`'s maps, and the ELN (s-ECN: one output per class)."
     aux = AuxDecoders(num_classes, k, enc.high_channels, enc.low_channels, output_stride, 128 if aux_proj else None)
     eln = ELN(num_classes, eln_backbone, output_stride, eln_pretrained, num_classes if filter == 'ecn' else 1,
@@ -41,8 +41,9 @@ class ELNModels(nn.Module):
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.aux = self.eln = None
         if filter in ('eln', 'ecn'):
-            self.aux, self.eln = _error_networks(num_classes, filter, self.student.encoder, k, output_stride, eln_backbone,
-                                         eln_pretrained, eln_dilate, eln_random_shortcuts, eln_copy_rgb, aux_proj)
+            self.aux, self.eln = _error_networks(num_classes, filter, self.student.encoder, k, output_stride,
+                                                 eln_backbone, eln_pretrained, eln_dilate, eln_random_shortcuts,
+                                                 eln_copy_rgb, aux_proj)
         for mod in self.modules():
             if isinstance(mod, Dropout): mod.fast = fast_dropout
 
