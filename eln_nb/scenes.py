@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from fastcore.basics import patch
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', '
                'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
                'tvmonitor']
 
+# %% ../nbs/00_scenes.ipynb #b266dd92
 def voc_palette(n=256):
     "The PASCAL VOC colour map: bits of the class id interleaved into r, g, b."
     pal = []
@@ -93,6 +95,17 @@ def synthetic_styles(num_classes:int, style_seed:int=0, twin_gap:float=1.0) -> d
     st['twins'] = twins
     return st
 
+# %% ../nbs/00_scenes.ipynb #3bb8ca7e
+def _paint_shape(y, yy, xx, c, cy, cx, ry, rx, a, kind):
+    "Set the pixels of `y` [H,W] inside the shape to class `c`, in place."
+    R = max(rx, ry)
+    y0, y1 = max(0, int(cy - R)), min(yy.shape[0], int(cy + R) + 2)   # work in the bounding box
+    x0, x1 = max(0, int(cx - R)), min(yy.shape[1], int(cx + R) + 2)
+    X, Y = xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy
+    u, v = np.abs((X * np.cos(a) + Y * np.sin(a)) / rx), np.abs((Y * np.cos(a) - X * np.sin(a)) / ry)
+    m = (u * u + v * v <= 1) if kind == 0 else (np.maximum(u, v) <= 1) if kind == 1 else (u + v <= 1)
+    y[y0:y1, x0:x1][m] = c
+
 # %% ../nbs/00_scenes.ipynb #f43b9eb0
 def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5) -> np.ndarray: # int64 [H,W]
     "Paint 2..max_shapes random ellipses/rectangles/diamonds of classes 1..C-1 over background 0."
@@ -104,13 +117,7 @@ def draw_shapes(r:np.random.Generator, yy, xx, num_classes:int, max_shapes:int=5
         ry, rx = r.uniform(0.08, 0.3, 2) * s
         a = r.uniform(0, np.pi)
         kind = r.integers(0, 3)
-        R = max(rx, ry)
-        y0, y1 = max(0, int(cy - R)), min(yy.shape[0], int(cy + R) + 2)   # work in the bounding box
-        x0, x1 = max(0, int(cx - R)), min(yy.shape[1], int(cx + R) + 2)
-        X, Y = xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy
-        u, v = np.abs((X * np.cos(a) + Y * np.sin(a)) / rx), np.abs((Y * np.cos(a) - X * np.sin(a)) / ry)
-        m = (u * u + v * v <= 1) if kind == 0 else (np.maximum(u, v) <= 1) if kind == 1 else (u + v <= 1)
-        y[y0:y1, x0:x1][m] = c
+        _paint_shape(y, yy, xx, c, cy, cx, ry, rx, a, kind)
     return y
 
 # %% ../nbs/00_scenes.ipynb #57b0077e
@@ -131,6 +138,7 @@ def render_textures(r:np.random.Generator, y, yy, xx, st:dict) -> np.ndarray: # 
 # %% ../nbs/00_scenes.ipynb #013ed9e5
 def _pair(s): return (int(s), int(s)) if isinstance(s, (int, float)) else tuple(int(v) for v in s)
 
+# %% ../nbs/00_scenes.ipynb #7e0c9766
 class SyntheticScenes(Dataset):
     "`n` textured scenes of `size` (int or (H,W)) with `num_classes` classes, deterministic in (seed, index)."
     def __init__(self, n=64, size=64, num_classes=5, seed=0, style_seed=0, twin_gap=1.0, max_shapes=5):
@@ -143,14 +151,17 @@ class SyntheticScenes(Dataset):
                                   for c in range(1, num_classes)]
         self.info = DatasetInfo('synthetic', names, voc_palette(num_classes))
     def __len__(self): return self.n
-    def __getitem__(self, i):
-        if not 0 <= i < self.n: raise IndexError(f"SyntheticScenes index {i} out of range [0,{self.n})")
-        r = np.random.default_rng([self.seed, i, 1])
-        y = draw_shapes(r, self.yy, self.xx, self.info.num_classes, self.max_shapes)
-        img = render_textures(r, y, self.yy, self.xx, self.styles)
-        return {'image': tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)),
-                'label': tv_tensors.Mask(torch.from_numpy(y)),
-                'name': f'synthetic_{self.seed}_{i:05d}'}
+
+# %% ../nbs/00_scenes.ipynb #0588764d
+@patch
+def __getitem__(self:SyntheticScenes, i):
+    if not 0 <= i < self.n: raise IndexError(f"SyntheticScenes index {i} out of range [0,{self.n})")
+    r = np.random.default_rng([self.seed, i, 1])
+    y = draw_shapes(r, self.yy, self.xx, self.info.num_classes, self.max_shapes)
+    img = render_textures(r, y, self.yy, self.xx, self.styles)
+    return {'image': tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1)),
+            'label': tv_tensors.Mask(torch.from_numpy(y)),
+            'name': f'synthetic_{self.seed}_{i:05d}'}
 
 # %% ../nbs/00_scenes.ipynb #ee902307
 class RandomScale(v2.Transform):
@@ -181,6 +192,7 @@ def strong_photometric(jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2, blur=0.0) -> 
     if blur: ts.append(v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.0))], p=blur))
     return v2.Compose(ts or [v2.Identity()])
 
+# %% ../nbs/00_scenes.ipynb #7e86b581
 def cutmix_box(h:int, w:int, p:float=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)) -> torch.Tensor: # bool [h,w]
     "With probability p, a random box (area fraction in `area`, aspect in `ratio`); else all False."
     box = torch.zeros(h, w, dtype=torch.bool)
@@ -225,14 +237,17 @@ class UnlabelledViews:
                                                                                                         grayscale, blur)
         self.cutmix = cutmix
         self.keys = ('weak', 'strong', 'label') + (('box',) if cutmix else ())
-    def __call__(self, sample):
-        img, y = sample['image'], sample['label']
-        if y is None: y = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
-        img, y = self.geometry(img, y)
-        x = _to_float(img)
-        strong = self.photometric(tv_tensors.Image(x.clone())).as_subclass(torch.Tensor)
-        out = (normalize(x), normalize(strong), y.as_subclass(torch.Tensor).long())
-        return out + (cutmix_box(*x.shape[-2:], p=self.cutmix),) if self.cutmix else out
+
+# %% ../nbs/00_scenes.ipynb #bdd3680a
+@patch
+def __call__(self:UnlabelledViews, sample):
+    img, y = sample['image'], sample['label']
+    if y is None: y = tv_tensors.Mask(torch.full(img.shape[-2:], 255, dtype=torch.int64))
+    img, y = self.geometry(img, y)
+    x = _to_float(img)
+    strong = self.photometric(tv_tensors.Image(x.clone())).as_subclass(torch.Tensor)
+    out = (normalize(x), normalize(strong), y.as_subclass(torch.Tensor).long())
+    return out + (cutmix_box(*x.shape[-2:], p=self.cutmix),) if self.cutmix else out
 
 # %% ../nbs/00_scenes.ipynb #bc36734e
 def colorize(label:torch.Tensor, # int64 [H,W]
@@ -241,6 +256,21 @@ def colorize(label:torch.Tensor, # int64 [H,W]
     pal = np.full((256, 3), (224, 224, 192), np.uint8)
     pal[:len(palette)] = np.asarray(palette, np.uint8)
     return pal[np.asarray(label).clip(0, 255)]
+
+# %% ../nbs/00_scenes.ipynb #35e9227e
+def _row_images(s, w, st, l, pal):
+    "Image, label (None if unknown), weak view, strong view ([3,h,w] normalised), view label [h,w], ready to draw."
+    return [s['image'].permute(1, 2, 0), colorize(s['label'], pal) if s['label'] is not None else None,
+            denormalize(w).clamp(0, 1).permute(1, 2, 0), denormalize(st).clamp(0, 1).permute(1, 2, 0),
+            colorize(l, pal)]
+
+# %% ../nbs/00_scenes.ipynb #4b783cf7
+def _draw_row(axs, ims, r):
+    "Draw the pictures `ims` of row `r` on its axes `axs` (a picture that is None leaves its axis empty)."
+    for ax, im, t in zip(axs, ims, ['image', 'label', 'weak view', 'strong view', 'view label']):
+        ax.axis('off')
+        ax.set_title(t if r == 0 else '', fontsize=9)
+        if im is not None: ax.imshow(np.asarray(im))
 
 # %% ../nbs/00_scenes.ipynb #f00cc466
 def show_views(dataset, idxs=(0, 1, 2, 3), view=None, seed:int=0):
@@ -253,12 +283,7 @@ def show_views(dataset, idxs=(0, 1, 2, 3), view=None, seed:int=0):
     for r, i in enumerate(idxs):
         s = dataset[i]
         w, st, l = vd[(i, sample_seed(seed, 0, i))][:3]
-        ims = [s['image'].permute(1, 2, 0), colorize(s['label'], pal) if s['label'] is not None else None,
-               denormalize(w).clamp(0, 1).permute(1, 2, 0), denormalize(st).clamp(0, 1).permute(1, 2, 0),
-               colorize(l, pal)]
-        for ax, im, t in zip(axs[r], ims, ['image', 'label', 'weak view', 'strong view', 'view label']):
-            ax.axis('off')
-            ax.set_title(t if r == 0 else '', fontsize=9)
-            if im is not None: ax.imshow(np.asarray(im))
+        ims = _row_images(s, w, st, l, pal)
+        _draw_row(axs[r], ims, r)
     fig.tight_layout()
     return fig

@@ -50,6 +50,7 @@ def write_split(dir, n, i, labelled, unlabelled):
     for p, names in zip(paths, (labelled, unlabelled)): p.write_text(''.join(f'{x}\n' for x in names))
     return paths
 
+# %% ../nbs/00b_splits.ipynb #acb70926
 def read_split(dir, n, i):
     "(labelled, unlabelled) names from the official list files; raises on a missing/empty file or an overlap."
     d = Path(dir)
