@@ -70,7 +70,7 @@ def test_calibration_split_is_never_the_test_split(tmp_path, camvid):
 def test_filter_mode_scores_what_stage2_filters():
     "The analysis's filter mode is the stage-2 filter: train-mode BatchNorm for teacher and ELN, then running stats restored."
     from eln_nb.stage1 import ELNModels, MethodConfig
-    from eln_nb.stage2 import pseudo_labels
+    from eln_nb.stage2 import teacher_targets
     from eln_nb.losses import resize_to
     mod = load_tool()
     torch.manual_seed(0)
@@ -78,13 +78,13 @@ def test_filter_mode_scores_what_stage2_filters():
     x = torch.randn(4, 3, 32, 32)
     m.train()
     with torch.no_grad():                                           # a few training-mode passes: running stats != init
-        for _ in range(3): pseudo_labels(m, torch.randn(4, 3, 32, 32), MethodConfig())
+        for _ in range(3): teacher_targets(m, torch.randn(4, 3, 32, 32), MethodConfig())
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with torch.no_grad():
         z, e_f, e_e, z_ev = mod.teacher_and_eln(m, x)
         for k, v in m.state_dict().items(): assert torch.equal(v, before[k]), k    # nothing moved
         m.train()
-        z_t, _, keep = pseudo_labels(m, x, MethodConfig())          # what stage 2 computes on this batch
+        z_t, _, keep = teacher_targets(m, x, MethodConfig())          # what stage 2 computes on this batch
     m.load_state_dict(before)
     torch.testing.assert_close(z, resize_to(z_t.float(), (32, 32)))
     with torch.no_grad():
