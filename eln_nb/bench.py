@@ -36,25 +36,43 @@ PHASES = ('1a', '1b', '2')
 
 # %% ../nbs/12_bench.ipynb #1abd4c48
 @dataclass
-class BenchConfig:
-    "Options of one benchmark run (the defaults are the anchor's preset)."
+class _TimingOptions:
+    "How many iterations of each phase are timed."
     iters: int = 5                 # timed iterations per phase
     # untimed iterations before them (also for the floor); from the 2nd on, AdamW's state exists
     warmup: int = 2
+
+@dataclass
+class _NetworkOptions:
+    "The workload: crop, batch, networks and classes."
     size: int = 321                # crop side
     batch: int = 2                 # labelled images per iteration (and as many unlabelled ones in phase 2)
     backbone: str = 'resnet50'     # student (and teacher, auxiliary decoders' encoder features)
     eln_backbone: str = 'resnet34'
     num_classes: int = 21
+
+# %% ../nbs/12_bench.ipynb #1308c646
+@dataclass
+class _DeviceOptions:
+    "Precision, memory format, threads and device."
     # off, bf16 or fp16 (fp16 with a GradScaler); bf16 pays only on CPUs with AMX/AVX512-BF16
     amp: str = 'off'
     channels_last: bool = False
     threads: int = 2               # torch intra-op threads (the anchor used 2)
     device: str = 'cpu'            # cpu, cuda, cuda:N or auto
+
+@dataclass
+class _DataOptions:
+    "Which phases run, and where their batches come from."
     phases: tuple = PHASES
     # loader: make_loader on SyntheticScenes (real data wait); synthetic-tensors: fixed tensors
     data: str = 'loader'
     workers: int = 0               # DataLoader workers for --data loader
+
+# %% ../nbs/12_bench.ipynb #0dd8cf9f
+@dataclass
+class _MeasureOptions:
+    "The breakdown, floor, FLOPs, process isolation, seed, compilation and calibration."
     breakdown_iters: int = 2       # instrumented semi-supervised iterations (0: no breakdown)
     floor: bool = True             # measure the compute floor
     flops: bool = False            # count FLOPs of one iteration per phase (torch.utils.flop_counter)
@@ -64,6 +82,11 @@ class BenchConfig:
     # torch.compile (inductor) the networks; the warm-up iterations then include compiling
     compile: bool = False
     calibrate: bool = True         # time the ResNet-50 reference too (CPU), to read anchor ratios against machine drift
+
+# %% ../nbs/12_bench.ipynb #2adfabb1
+@dataclass
+class BenchConfig(_MeasureOptions, _DataOptions, _DeviceOptions, _NetworkOptions, _TimingOptions):
+    "Options of one benchmark run (the defaults are the anchor's preset)."
 
 # %% ../nbs/12_bench.ipynb #6180e069
 def machine_info() -> dict:
@@ -155,12 +178,23 @@ def step_loss(b:Bench, phase:str, lab:dict, unlab:dict=None):
     if phase == '1b': return phase1b_step(b.m, lab, b.mcfg)
     return semi_step(b.m, lab, unlab, b.mcfg, b.gen)
 
+# %% ../nbs/12_bench.ipynb #8591fc32
+def _teacher_once(b:Bench):
+    "Make the teacher a copy of the student, the first time only."
+    if not b.teacher_started:
+        start_teacher(b.m)
+        b.teacher_started = True
+
+def _optimizer_step(b:Bench):
+    "A zero gradient for each parameter stepped before that got none now, then the (scaled) optimizer step."
+    fill_zero_grads(b.opt)
+    b.scaler.step(b.opt)
+    b.scaler.update()
+
 # %% ../nbs/12_bench.ipynb #fb0ea9df
 def iteration(b:Bench, phase:str) -> float:
     "One training iteration of `phase` (batches, step under autocast, backward, optimizer, EMA) -> seconds."
-    if phase == '2' and not b.teacher_started:
-        start_teacher(b.m)
-        b.teacher_started = True
+    if phase == '2': _teacher_once(b)
     b.sync()
     t0 = time.perf_counter()
     lab = next(b.lab_it)
@@ -169,9 +203,7 @@ def iteration(b:Bench, phase:str) -> float:
     b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
     b.scaler.scale(loss).backward()
-    fill_zero_grads(b.opt)
-    b.scaler.step(b.opt)
-    b.scaler.update()
+    _optimizer_step(b)
     if phase == '2': ema_update(b.m.teacher, b.m.student)
     b.sync()
     return time.perf_counter() - t0
@@ -234,33 +266,39 @@ def _split_backward(b:Bench, lt:dict, ut:dict, fs, T):
     with T('eln'): S(lt['eln']).backward()
     with T('student_fwd_bwd'): torch.autograd.backward([S(lt['sup'] + c.lambda_st * ut['st']), *fs], [None, *g])
 
-# %% ../nbs/12_bench.ipynb #c699c27c
-def breakdown_iteration(b:Bench, return_loss=False) -> dict:
-    "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
-    if not b.teacher_started:
-        start_teacher(b.m)
-        b.teacher_started = True
-    T, c = Timer(b.sync), b.mcfg
-    b.sync()
-    t0 = time.perf_counter()
+# %% ../nbs/12_bench.ipynb #0ea861a8
+def _timed_forwards(b:Bench, T:Timer) -> tuple:
+    "The batches and the forwards of `semi_step` under autocast, timed per piece by `T` -> (lt, ut, fs)."
     with T('data'):
         lab = next(b.lab_it)
         unlab = next(b.unlab_it)
     with b.autocast():
-        lt, _ = labelled_terms(b.m, lab, c, T)
-        ut, fs, _ = unlabelled_terms(b.m, unlab, c, b.gen, T)
-    with T('optimizer'): b.opt.zero_grad(set_to_none=True)
-    _split_backward(b, lt, ut, fs, T)
-    with T('optimizer'):
-        fill_zero_grads(b.opt)
-        b.scaler.step(b.opt)
-        b.scaler.update()
-    with T('ema'): ema_update(b.m.teacher, b.m.student)
-    b.sync()
-    total = time.perf_counter() - t0
+        lt, _ = labelled_terms(b.m, lab, b.mcfg, T)
+        ut, fs, _ = unlabelled_terms(b.m, unlab, b.mcfg, b.gen, T)
+    return lt, ut, fs
+
+# %% ../nbs/12_bench.ipynb #fd09f9e6
+def _pieces(T:Timer, total:float) -> dict:
+    "Seconds per piece of `BREAKDOWN` timed by `T`, `other` topped up to `total`, and `total`."
     out = {k: T.t.get(k, 0.) for k in BREAKDOWN}
     out['other'] += total - sum(out.values())
     out['total'] = total
+    return out
+
+# %% ../nbs/12_bench.ipynb #c699c27c
+def breakdown_iteration(b:Bench, return_loss=False) -> dict:
+    "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
+    _teacher_once(b)
+    T, c = Timer(b.sync), b.mcfg
+    b.sync()
+    t0 = time.perf_counter()
+    lt, ut, fs = _timed_forwards(b, T)
+    with T('optimizer'): b.opt.zero_grad(set_to_none=True)
+    _split_backward(b, lt, ut, fs, T)
+    with T('optimizer'): _optimizer_step(b)
+    with T('ema'): ema_update(b.m.teacher, b.m.student)
+    b.sync()
+    out = _pieces(T, time.perf_counter() - t0)
     if return_loss: out['loss'] = (sum(lt.values()) + c.lambda_st * ut['st'] + c.lambda_con * ut['con']).item()
     return out
 
@@ -276,13 +314,10 @@ def count_flops(b:Bench, phase:str) -> float:
     with FlopCounterMode(display=False) as fc: iteration(b, phase)
     return float(fc.get_total_flops())
 
-def measure_phase(b:Bench, phase:str) -> dict:
-    "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
+# %% ../nbs/12_bench.ipynb #bfc73b7e
+def _with_floor(b:Bench, phase:str, ts:list) -> list:
+    "Append timed iterations of `phase` to `ts` up to `iters`, each followed by a floor iteration -> the floor's times."
     bcfg = b.bcfg
-    if b.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(b.device)
-    warm = [iteration(b, phase) for _ in range(max(bcfg.warmup, 1))]
-    ts = warm[bcfg.warmup:]                                       # one timed iteration if warmup == 0
-    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:bcfg.warmup]}
     lab, unlab = next(b.lab_it), next(b.unlab_it)
     fl = [floor_iteration(b, phase, lab, unlab) for _ in range(bcfg.warmup)] if bcfg.floor else []
     fl = fl[bcfg.warmup:]
@@ -290,6 +325,17 @@ def measure_phase(b:Bench, phase:str) -> dict:
         ts.append(iteration(b, phase))
         if bcfg.floor: fl.append(floor_iteration(b, phase, lab, unlab))
     if bcfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unlab))
+    return fl
+
+# %% ../nbs/12_bench.ipynb #4e4e258d
+def measure_phase(b:Bench, phase:str) -> dict:
+    "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
+    bcfg = b.bcfg
+    if b.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(b.device)
+    warm = [iteration(b, phase) for _ in range(max(bcfg.warmup, 1))]
+    ts = warm[bcfg.warmup:]                                       # one timed iteration if warmup == 0
+    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:bcfg.warmup]}
+    fl = _with_floor(b, phase, ts)
     r.update(_stats(ts))
     r['images_per_s'] = bcfg.batch * (2 if phase == '2' else 1) / r['median_s']
     if bcfg.floor:
@@ -443,6 +489,19 @@ _BENCH_EXAMPLES = '''examples:
   eln_nb_bench --amp bf16 --channels-last  # CPUs with AMX only
   eln_nb_bench --device cuda --amp bf16 --flops --peak-tflops 989'''
 
+# %% ../nbs/12_bench.ipynb #5200648f
+def _add_field_arg(p:argparse.ArgumentParser, name:str, v, h:str):
+    "Add the option of `BenchConfig` field `name` (default `v`, help `h`) to `p`."
+    opt = '--' + name.replace('_', '-')
+    if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v, help=h)
+    elif name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v), help=h)
+    elif name in ('amp', 'data', 'isolate'):
+        p.add_argument(opt, default=v, help=h,
+                       choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
+                                'isolate': ('auto', 'on', 'off')}[name])
+    else: p.add_argument(opt, type=type(v), default=v, help=h)
+
+# %% ../nbs/12_bench.ipynb #e01aafb9
 def bench_parser() -> argparse.ArgumentParser:
     "The options of `eln_nb_bench`, one per `BenchConfig` field, each with its help."
     p = argparse.ArgumentParser('eln_nb_bench', description=_BENCH_ABOUT,
@@ -450,15 +509,9 @@ def bench_parser() -> argparse.ArgumentParser:
                                 epilog=_BENCH_EXAMPLES)
     d, helps = BenchConfig(), field_help(BenchConfig)
     for f in fields(BenchConfig):
-        opt, v = '--' + f.name.replace('_', '-'), getattr(d, f.name)
+        v = getattr(d, f.name)
         h = f"{helps.get(f.name, '')} (default {v!r})".replace('%', '%%')
-        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v, help=h)
-        elif f.name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v), help=h)
-        elif f.name in ('amp', 'data', 'isolate'):
-            p.add_argument(opt, default=v, help=h,
-                           choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
-                                                            'isolate': ('auto', 'on', 'off')}[f.name])
-        else: p.add_argument(opt, type=type(v), default=v, help=h)
+        _add_field_arg(p, f.name, v, h)
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
