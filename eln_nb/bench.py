@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from .data import SyntheticScenes, LabelledView, UnlabelledViews, make_loader
 from .stage1 import (ELNModels, MethodConfig, phase1a_step, phase1b_step, labelled_terms, make_optimizer,
                            fill_zero_grads)
@@ -124,6 +125,7 @@ def reference_time(threads:int=2, iters:int=3) -> float:
         return statistics.median(ts[1:])
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/12_bench.ipynb #78ccfb12
 def reference_time_isolated(threads:int=2) -> float:
     "`reference_time` in a fresh subprocess, so the parent (whose peak RSS the phase subprocesses inherit) stays small."
     return float(run_python(f'from eln_nb.bench import reference_time; print(reference_time({threads}))', threads,
@@ -145,6 +147,22 @@ def batch_sources(bcfg:BenchConfig, device) -> tuple:
     unlab_it = make_loader(ds, B, bcfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=bcfg.workers)
     return (_to(b, device, cl) for b in lab_it), (_to(b, device, cl) for b in unlab_it)
 
+# %% ../nbs/12_bench.ipynb #2bb3568c
+def _amp_dtype(amp:str):
+    "The autocast dtype of `--amp` (None: off)."
+    if amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={amp!r}; choose off, bf16 or fp16")
+    return {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+def _bench_models(bcfg:BenchConfig, device) -> ELNModels:
+    "The random-init networks of `bcfg`, seeded, on `device` (channels_last and compiled if asked)."
+    torch.manual_seed(bcfg.seed)
+    m = ELNModels(bcfg.num_classes, bcfg.backbone, eln_backbone=bcfg.eln_backbone, pretrained=False,
+                  eln_pretrained=False)
+    m.to(device)
+    if bcfg.channels_last: m.to(memory_format=torch.channels_last)
+    if bcfg.compile: compile_networks(m)
+    return m
+
 # %% ../nbs/12_bench.ipynb #18be5729
 class Bench:
     "Networks, optimizer, scaler, batch sources and timers of one benchmark process."
@@ -152,24 +170,24 @@ class Bench:
         self.bcfg = bcfg
         if bcfg.threads: torch.set_num_threads(bcfg.threads)
         self.device = resolve_device(bcfg.device)
-        if bcfg.amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={bcfg.amp!r}; choose off, bf16 or fp16")
-        self.amp = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[bcfg.amp]
-        torch.manual_seed(bcfg.seed)
-        self.m = ELNModels(bcfg.num_classes, bcfg.backbone, eln_backbone=bcfg.eln_backbone, pretrained=False,
-                           eln_pretrained=False)
-        self.m.to(self.device)
-        if bcfg.channels_last: self.m.to(memory_format=torch.channels_last)
-        if bcfg.compile: compile_networks(self.m)
+        self.amp = _amp_dtype(bcfg.amp)
+        self.m = _bench_models(bcfg, self.device)
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(bcfg.seed)
         self.lab_it, self.unlab_it = batch_sources(bcfg, self.device)
         self.teacher_started, self.aux_on = False, None
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
-    def sync(self):
-        if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
+# %% ../nbs/12_bench.ipynb #4d2cd7a9
+@patch
+def autocast(self:Bench):
+    "`torch.autocast` at the run's precision (disabled for fp32)."
+    return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+@patch
+def sync(self:Bench):
+    "Wait for the device's queued work (nothing to wait for on the CPU)."
+    if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
 
 # %% ../nbs/12_bench.ipynb #60589f81
 def step_loss(b:Bench, phase:str, lab:dict, unlab:dict=None):
@@ -213,15 +231,22 @@ def _osum(*ts):
     "The sum of every element of the tensors `ts`, in float32 (scalar)."
     return sum(t.float().sum() for t in ts)
 
+# %% ../nbs/12_bench.ipynb #75670f77
+def _aux_outputs(m:ELNModels, high, low, aux_on=None) -> list:
+    "The auxiliary decoders' predictions on detached features; with gradient where `aux_on` (default: none)."
+    aux = []
+    for d, on in zip(m.aux, aux_on or [False] * len(m.aux)):
+        with nullcontext() if on else torch.no_grad(): aux.append(d(high.detach(), low.detach())[0])
+    return aux
+
+# %% ../nbs/12_bench.ipynb #21705cf6
 def floor_loss(m:ELNModels, phase:str, lab:dict, unlab:dict=None, aux_on=None) -> torch.Tensor:
     "The phase's module calls with no loss maths: the sum of every output a loss reads (scalar)."
     x = lab['image']
     if phase == '1a': return _osum(m.student(x)[0])
     high, low = m.student.encode(x)
     z, _ = m.student.decode(high, low)
-    aux = []
-    for d, on in zip(m.aux, aux_on or [False] * len(m.aux)):
-        with nullcontext() if on else torch.no_grad(): aux.append(d(high.detach(), low.detach())[0])
+    aux = _aux_outputs(m, high, low, aux_on)
     preds = [a.detach() for a in aux] + [z.detach()]
     out = _osum(z, *[a for a in aux if a.requires_grad], *[m.eln(x, p) for p in preds])
     if phase == '1b': return out
@@ -352,6 +377,7 @@ def measure_breakdown(b:Bench, n:int) -> dict:
     rs = [breakdown_iteration(b) for _ in range(n)]
     return {k: statistics.fmean(r[k] for r in rs) for k in (*BREAKDOWN, 'total')}
 
+# %% ../nbs/12_bench.ipynb #3f9feee3
 def run_phases(bcfg:BenchConfig) -> dict:
     "Measure `bcfg.phases` (and the breakdown) in this process -> {'phases': {...}, 'breakdown': {...} or None}."
     # in a fresh process: Python, torch and the package alone
@@ -376,6 +402,7 @@ def config_args(bcfg:BenchConfig) -> list:
         else: args += [opt, str(v)]
     return args
 
+# %% ../nbs/12_bench.ipynb #85bd9f15
 def run_isolated(bcfg:BenchConfig) -> dict:
     "Each phase in its own subprocess -> merged result of `run_phases`."
     out = {'phases': {}, 'breakdown': None, 'isolated': True}
@@ -395,6 +422,21 @@ def is_anchor_preset(bcfg:BenchConfig, device:str='cpu') -> bool:
     return all(getattr(bcfg, k) == p[k]
                for k in ('backbone', 'eln_backbone', 'size', 'batch', 'num_classes', 'threads')) and device == 'cpu'
 
+# %% ../nbs/12_bench.ipynb #a9a69bbc
+def _anchor_fields(bcfg:BenchConfig, res:dict, info:dict) -> dict:
+    "The report's ratios to the anchor (None unless `bcfg` is its preset) and the machine factor."
+    ph, out = res['phases'], {}
+    anchor = is_anchor_preset(bcfg, info['device'])
+    anchor = is_anchor_preset(bcfg, info['device'])
+    out['anchor_ratio'] = {p: ph[p]['median_s'] / ANCHOR['median_s'][p] for p in ph} if anchor else None
+    out['anchor_min_ratio'] = {p: ph[p]['min_s'] / ANCHOR['min_s'][p] for p in ph} if anchor else None
+    out['anchor_memory_ratio'] = ({p: ph[p]['peak_memory_mb'] / 1024 / ANCHOR['peak_rss_gib'][p] for p in ph}
+                                  if anchor and res['isolated'] else None)
+    f = info.get('reference_s') and info['reference_s'] / ANCHOR['reference_s']
+    out['machine_factor'] = f or None                          # > 1: this machine is slower than nominal today
+    out['anchor_ratio_adjusted'] = {p: r / f for p, r in out['anchor_ratio'].items()} if anchor and f else None
+    return out
+
 # %% ../nbs/12_bench.ipynb #b28f8271
 def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     "Measurements + machine info -> the JSON report."
@@ -409,22 +451,16 @@ def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     out['peak_memory_mb'] = max(out['peak_memory_mb_per_phase'].values())
     out['peak_memory_isolated'] = res['isolated']
     out['phases'], out['breakdown'] = ph, res['breakdown']
-    anchor = is_anchor_preset(bcfg, info['device'])
-    out['anchor_ratio'] = {p: ph[p]['median_s'] / ANCHOR['median_s'][p] for p in ph} if anchor else None
-    out['anchor_min_ratio'] = {p: ph[p]['min_s'] / ANCHOR['min_s'][p] for p in ph} if anchor else None
-    out['anchor_memory_ratio'] = ({p: ph[p]['peak_memory_mb'] / 1024 / ANCHOR['peak_rss_gib'][p] for p in ph}
-                                  if anchor and res['isolated'] else None)
-    f = info.get('reference_s') and info['reference_s'] / ANCHOR['reference_s']
-    out['machine_factor'] = f or None                          # > 1: this machine is slower than nominal today
-    out['anchor_ratio_adjusted'] = {p: r / f for p, r in out['anchor_ratio'].items()} if anchor and f else None
+    out.update(_anchor_fields(bcfg, res, info))
     out['anchor'] = ANCHOR
     return {**out, 'base_rss_mb': res.get('base_rss_mb'), 'config': asdict(bcfg), 'threads': res.get('threads'), **info}
 
 # %% ../nbs/12_bench.ipynb #5f1ecba1
 def _f(v, fmt='.3f'): return '-' if v is None else format(v, fmt)
 
-def format_table(rep:dict) -> str:
-    "The human-readable report."
+# %% ../nbs/12_bench.ipynb #3098030b
+def _header_lines(rep:dict) -> list:
+    "The table's first lines: the workload, the machine and the run's length, then the phase table's column heads."
     c = rep['config']
     cl, amx = 'on' if c['channels_last'] else 'off', 'yes' if rep['amx'] else 'no'
     L = [f"eln_nb_bench: {c['backbone']} + ELN {c['eln_backbone']}, {c['size']}x{c['size']}, "
@@ -433,14 +469,7 @@ def format_table(rep:dict) -> str:
          f"torch {rep['torch']}, {rep['cpu_model']} (AMX bf16: {amx}), load average {rep['loadavg_start'][0]:.2f} "
          f"at start, {rep['loadavg'][0]:.2f} at end; {c['iters']} iterations after {c['warmup']} warm-up", '',
          f"{'phase':6}{'median s':>10}{'min s':>9}{'img/s':>8}{'floor s':>9}{'ratio':>7}{'peak MiB':>10}{'GFLOP':>8}"]
-    for p, r in rep['phases'].items():
-        L.append(f"{p:6}{r['median_s']:10.3f}{r['min_s']:9.3f}{r['images_per_s']:8.2f}{_f(r.get('floor_median_s')):>9}"
-                 f"{_f(r.get('floor_ratio'), '.2f'):>7}{r['peak_memory_mb']:10.0f}{_f(r.get('gflop'), '.0f'):>8}")
-    peaks = 'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'
-    L.append(f"floor ratio = iteration / bare forward+backward of the same modules (target <= 1.15); peak memory "
-             f"{peaks}, (the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its "
-             "networks)")
-    return '\n'.join(L + _breakdown_lines(rep) + _anchor_lines(rep))
+    return L
 
 # %% ../nbs/12_bench.ipynb #73ac9a0c
 def _breakdown_lines(rep:dict) -> list:
@@ -451,6 +480,21 @@ def _breakdown_lines(rep:dict) -> list:
     for k in BREAKDOWN: L.append(f"  {k:16}{bd[k]:9.3f} s {100 * bd[k] / bd['total']:6.1f}%")
     m = rep['phase2_median_s']
     L.append(f"  {'total':16}{bd['total']:9.3f} s  (uninstrumented median {m:.3f} s: ratio {bd['total'] / m:.2f})")
+    return L
+
+# %% ../nbs/12_bench.ipynb #d0ca0010
+def _anchor_footer(rep:dict) -> list:
+    "The machine-today line (if the reference was timed) and the target's verdict (fp32, or bf16 with channels_last)."
+    A, adj, L = ANCHOR, rep.get('anchor_ratio_adjusted'), []
+    if rep.get('machine_factor'):
+        L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal "
+                 f"{A['reference_s']:.1f} s (factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
+    c, t = rep['config'], None
+    t = TARGETS['bf16'] if c['amp'] == 'bf16' and c['channels_last'] else TARGETS['off'] if c['amp'] == 'off' else None
+    if t:
+        v = lambda r: 'met' if max(r.values()) <= t else 'NOT met'
+        L.append(f"target: <= {t}x the anchor's median in every phase: {v(rep['anchor_ratio'])}"
+                 + (f" (adjusted for the machine's speed: {v(adj)})" if adj else ''))
     return L
 
 # %% ../nbs/12_bench.ipynb #467f98a4
@@ -466,16 +510,20 @@ def _anchor_lines(rep:dict) -> list:
         L.append(f"{p:6}{A['median_s'][p]:13.2f}{rep['anchor_ratio'][p]:7.2f}{_f(adj and adj[p], '.2f'):>7}"
                  f"{A['min_s'][p]:13.2f}{rep['anchor_min_ratio'][p]:7.2f}{A['peak_rss_gib'][p]:11.1f}"
                  f"{_f(mr and mr[p], '.2f'):>7}")
-    if rep.get('machine_factor'):
-        L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal "
-                 f"{A['reference_s']:.1f} s (factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
-    c, t = rep['config'], None
-    t = TARGETS['bf16'] if c['amp'] == 'bf16' and c['channels_last'] else TARGETS['off'] if c['amp'] == 'off' else None
-    if t:
-        v = lambda r: 'met' if max(r.values()) <= t else 'NOT met'
-        L.append(f"target: <= {t}x the anchor's median in every phase: {v(rep['anchor_ratio'])}"
-                 + (f" (adjusted for the machine's speed: {v(adj)})" if adj else ''))
-    return L
+    return L + _anchor_footer(rep)
+
+# %% ../nbs/12_bench.ipynb #c91e1780
+def format_table(rep:dict) -> str:
+    "The human-readable report."
+    L = _header_lines(rep)
+    for p, r in rep['phases'].items():
+        L.append(f"{p:6}{r['median_s']:10.3f}{r['min_s']:9.3f}{r['images_per_s']:8.2f}{_f(r.get('floor_median_s')):>9}"
+                 f"{_f(r.get('floor_ratio'), '.2f'):>7}{r['peak_memory_mb']:10.0f}{_f(r.get('gflop'), '.0f'):>8}")
+    peaks = 'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'
+    L.append(f"floor ratio = iteration / bare forward+backward of the same modules (target <= 1.15); peak memory "
+             f"{peaks}, (the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its "
+             "networks)")
+    return '\n'.join(L + _breakdown_lines(rep) + _anchor_lines(rep))
 
 # %% ../nbs/12_bench.ipynb #731c3a8b
 _BENCH_ABOUT = """Times one training iteration of each ELN phase (1a supervised; 1b auxiliary decoders + ELN; 2
@@ -515,14 +563,21 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
-# %% ../nbs/12_bench.ipynb #dc8cb9d5
-def run_bench(bcfg:BenchConfig) -> dict:
-    "Run the benchmark described by `bcfg` -> the JSON report."
+# %% ../nbs/12_bench.ipynb #117e8b51
+def _start_info(bcfg:BenchConfig) -> tuple:
+    "The machine at the start of the run, and `bcfg`'s device -> (info, device); warns if bf16 has no CPU support."
     info = machine_info()
     info['loadavg_start'] = info['loadavg']
     dev = resolve_device(bcfg.device)
     info['device'] = kind = dev.type
     if kind == 'cpu' and bcfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
+    return info, dev
+
+# %% ../nbs/12_bench.ipynb #dc8cb9d5
+def run_bench(bcfg:BenchConfig) -> dict:
+    "Run the benchmark described by `bcfg` -> the JSON report."
+    info, dev = _start_info(bcfg)
+    kind = dev.type
     cal = bcfg.calibrate and kind == 'cpu'
     # before and after the phases: the machine drifts
     ref = [reference_time_isolated(bcfg.threads or 2)] if cal else []
