@@ -352,6 +352,18 @@ def _with_floor(b:Bench, phase:str, ts:list) -> list:
     if bcfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unlab))
     return fl
 
+# %% ../nbs/12_bench.ipynb #0dc9d8d0
+def _floor_fields(median_s:float, fl:list) -> dict:
+    "The floor's median, minimum and times `fl`, and the ratio of the iteration's median `median_s` to the floor's."
+    r = {'floor_median_s': statistics.median(fl), 'floor_min_s': min(fl), 'floor_times_s': fl}
+    r['floor_ratio'] = median_s / r['floor_median_s']
+    return r
+
+def _flop_fields(b:Bench, phase:str, median_s:float) -> dict:
+    "GFLOP of one iteration of `phase`, and TFLOP/s at the median time `median_s`."
+    gflop = count_flops(b, phase) / 1e9
+    return {'gflop': gflop, 'tflop_per_s': gflop / 1e3 / median_s}
+
 # %% ../nbs/12_bench.ipynb #4e4e258d
 def measure_phase(b:Bench, phase:str) -> dict:
     "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
@@ -363,12 +375,8 @@ def measure_phase(b:Bench, phase:str) -> dict:
     fl = _with_floor(b, phase, ts)
     r.update(_stats(ts))
     r['images_per_s'] = bcfg.batch * (2 if phase == '2' else 1) / r['median_s']
-    if bcfg.floor:
-        r.update({'floor_median_s': statistics.median(fl), 'floor_min_s': min(fl), 'floor_times_s': fl})
-        r['floor_ratio'] = r['median_s'] / r['floor_median_s']
-    if bcfg.flops:
-        r['gflop'] = count_flops(b, phase) / 1e9
-        r['tflop_per_s'] = r['gflop'] / 1e3 / r['median_s']
+    if bcfg.floor: r.update(_floor_fields(r['median_s'], fl))
+    if bcfg.flops: r.update(_flop_fields(b, phase, r['median_s']))
     return r
 
 # %% ../nbs/12_bench.ipynb #41968dbe
@@ -437,13 +445,20 @@ def _anchor_fields(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     out['anchor_ratio_adjusted'] = {p: r / f for p, r in out['anchor_ratio'].items()} if anchor and f else None
     return out
 
-# %% ../nbs/12_bench.ipynb #b28f8271
-def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
-    "Measurements + machine info -> the JSON report."
-    ph, out = res['phases'], {}
+# %% ../nbs/12_bench.ipynb #8e0d3336
+def _phase_times(ph:dict) -> dict:
+    "`phase{p}_median_s` and `phase{p}_min_s` for every phase `p` (None where `p` is not in `ph`)."
+    out = {}
     for p in PHASES:
         out[f'phase{p}_median_s'] = ph[p]['median_s'] if p in ph else None
         out[f'phase{p}_min_s'] = ph[p]['min_s'] if p in ph else None
+    return out
+
+# %% ../nbs/12_bench.ipynb #b28f8271
+def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
+    "Measurements + machine info -> the JSON report."
+    ph = res['phases']
+    out = _phase_times(ph)
     ratios = {p: r['floor_ratio'] for p, r in ph.items() if 'floor_ratio' in r}
     out['floor_ratio'] = max(ratios.values()) if ratios else None
     out['floor_ratios'] = ratios
@@ -573,17 +588,23 @@ def _start_info(bcfg:BenchConfig) -> tuple:
     if kind == 'cpu' and bcfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
     return info, dev
 
-# %% ../nbs/12_bench.ipynb #dc8cb9d5
-def run_bench(bcfg:BenchConfig) -> dict:
-    "Run the benchmark described by `bcfg` -> the JSON report."
-    info, dev = _start_info(bcfg)
-    kind = dev.type
+# %% ../nbs/12_bench.ipynb #1901be3f
+def _calibrated_phases(bcfg:BenchConfig, kind:str, info:dict) -> dict:
+    "The phases' measurements (isolated or not), the reference's times before and after them added to `info`."
     cal = bcfg.calibrate and kind == 'cpu'
     # before and after the phases: the machine drifts
     ref = [reference_time_isolated(bcfg.threads or 2)] if cal else []
     res = run_isolated(bcfg) if bcfg.isolate == 'on' or (bcfg.isolate == 'auto' and kind == 'cpu') else run_phases(bcfg)
     if cal: ref.append(reference_time_isolated(bcfg.threads or 2))
     info['reference_times_s'], info['reference_s'] = ref, (statistics.fmean(ref) if ref else None)
+    return res
+
+# %% ../nbs/12_bench.ipynb #dc8cb9d5
+def run_bench(bcfg:BenchConfig) -> dict:
+    "Run the benchmark described by `bcfg` -> the JSON report."
+    info, dev = _start_info(bcfg)
+    kind = dev.type
+    res = _calibrated_phases(bcfg, kind, info)
     info['loadavg'] = list(os.getloadavg())
     if kind == 'cuda': info['gpu'] = torch.cuda.get_device_name(dev)
     rep = summarize(bcfg, res, info)
