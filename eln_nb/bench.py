@@ -62,6 +62,7 @@ class _DeviceOptions:
     threads: int = 2               # torch intra-op threads (the anchor used 2)
     device: str = 'cpu'            # cpu, cuda, cuda:N or auto
 
+# %% ../nbs/12_bench.ipynb #d9a627df
 @dataclass
 class _DataOptions:
     "Which phases run, and where their batches come from."
