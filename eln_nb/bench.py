@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from .data import SyntheticScenes, LabelledView, UnlabelledViews, make_loader
 from .stage1 import (ELNModels, MethodConfig, phase1a_step, phase1b_step, labelled_terms, make_optimizer,
                            fill_zero_grads)
@@ -36,25 +37,44 @@ PHASES = ('1a', '1b', '2')
 
 # %% ../nbs/12_bench.ipynb #1abd4c48
 @dataclass
-class BenchConfig:
-    "Options of one benchmark run (the defaults are the anchor's preset)."
+class _TimingOptions:
+    "How many iterations of each phase are timed."
     iters: int = 5                 # timed iterations per phase
     # untimed iterations before them (also for the floor); from the 2nd on, AdamW's state exists
     warmup: int = 2
+
+@dataclass
+class _NetworkOptions:
+    "The workload: crop, batch, networks and classes."
     size: int = 321                # crop side
     batch: int = 2                 # labelled images per iteration (and as many unlabelled ones in phase 2)
     backbone: str = 'resnet50'     # student (and teacher, auxiliary decoders' encoder features)
     eln_backbone: str = 'resnet34'
     num_classes: int = 21
+
+# %% ../nbs/12_bench.ipynb #1308c646
+@dataclass
+class _DeviceOptions:
+    "Precision, memory format, threads and device."
     # off, bf16 or fp16 (fp16 with a GradScaler); bf16 pays only on CPUs with AMX/AVX512-BF16
     amp: str = 'off'
     channels_last: bool = False
     threads: int = 2               # torch intra-op threads (the anchor used 2)
     device: str = 'cpu'            # cpu, cuda, cuda:N or auto
+
+# %% ../nbs/12_bench.ipynb #d9a627df
+@dataclass
+class _DataOptions:
+    "Which phases run, and where their batches come from."
     phases: tuple = PHASES
     # loader: make_loader on SyntheticScenes (real data wait); synthetic-tensors: fixed tensors
     data: str = 'loader'
     workers: int = 0               # DataLoader workers for --data loader
+
+# %% ../nbs/12_bench.ipynb #0dd8cf9f
+@dataclass
+class _MeasureOptions:
+    "The breakdown, floor, FLOPs, process isolation, seed, compilation and calibration."
     breakdown_iters: int = 2       # instrumented semi-supervised iterations (0: no breakdown)
     floor: bool = True             # measure the compute floor
     flops: bool = False            # count FLOPs of one iteration per phase (torch.utils.flop_counter)
@@ -64,6 +84,11 @@ class BenchConfig:
     # torch.compile (inductor) the networks; the warm-up iterations then include compiling
     compile: bool = False
     calibrate: bool = True         # time the ResNet-50 reference too (CPU), to read anchor ratios against machine drift
+
+# %% ../nbs/12_bench.ipynb #2adfabb1
+@dataclass
+class BenchConfig(_MeasureOptions, _DataOptions, _DeviceOptions, _NetworkOptions, _TimingOptions):
+    "Options of one benchmark run (the defaults are the anchor's preset)."
 
 # %% ../nbs/12_bench.ipynb #6180e069
 def machine_info() -> dict:
@@ -101,6 +126,7 @@ def reference_time(threads:int=2, iters:int=3) -> float:
         return statistics.median(ts[1:])
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/12_bench.ipynb #78ccfb12
 def reference_time_isolated(threads:int=2) -> float:
     "`reference_time` in a fresh subprocess, so the parent (whose peak RSS the phase subprocesses inherit) stays small."
     return float(run_python(f'from eln_nb.bench import reference_time; print(reference_time({threads}))', threads,
@@ -122,6 +148,22 @@ def batch_sources(bcfg:BenchConfig, device) -> tuple:
     unlab_it = make_loader(ds, B, bcfg.seed + 1, view=UnlabelledViews(crop=S), num_workers=bcfg.workers)
     return (_to(b, device, cl) for b in lab_it), (_to(b, device, cl) for b in unlab_it)
 
+# %% ../nbs/12_bench.ipynb #2bb3568c
+def _amp_dtype(amp:str):
+    "The autocast dtype of `--amp` (None: off)."
+    if amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={amp!r}; choose off, bf16 or fp16")
+    return {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+def _bench_models(bcfg:BenchConfig, device) -> ELNModels:
+    "The random-init networks of `bcfg`, seeded, on `device` (channels_last and compiled if asked)."
+    torch.manual_seed(bcfg.seed)
+    m = ELNModels(bcfg.num_classes, bcfg.backbone, eln_backbone=bcfg.eln_backbone, pretrained=False,
+                  eln_pretrained=False)
+    m.to(device)
+    if bcfg.channels_last: m.to(memory_format=torch.channels_last)
+    if bcfg.compile: compile_networks(m)
+    return m
+
 # %% ../nbs/12_bench.ipynb #18be5729
 class Bench:
     "Networks, optimizer, scaler, batch sources and timers of one benchmark process."
@@ -129,24 +171,24 @@ class Bench:
         self.bcfg = bcfg
         if bcfg.threads: torch.set_num_threads(bcfg.threads)
         self.device = resolve_device(bcfg.device)
-        if bcfg.amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={bcfg.amp!r}; choose off, bf16 or fp16")
-        self.amp = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[bcfg.amp]
-        torch.manual_seed(bcfg.seed)
-        self.m = ELNModels(bcfg.num_classes, bcfg.backbone, eln_backbone=bcfg.eln_backbone, pretrained=False,
-                           eln_pretrained=False)
-        self.m.to(self.device)
-        if bcfg.channels_last: self.m.to(memory_format=torch.channels_last)
-        if bcfg.compile: compile_networks(self.m)
+        self.amp = _amp_dtype(bcfg.amp)
+        self.m = _bench_models(bcfg, self.device)
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.mcfg, self.gen = MethodConfig(), torch.Generator().manual_seed(bcfg.seed)
         self.lab_it, self.unlab_it = batch_sources(bcfg, self.device)
         self.teacher_started, self.aux_on = False, None
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
-    def sync(self):
-        if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
+# %% ../nbs/12_bench.ipynb #4d2cd7a9
+@patch
+def autocast(self:Bench):
+    "`torch.autocast` at the run's precision (disabled for fp32)."
+    return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+@patch
+def sync(self:Bench):
+    "Wait for the device's queued work (nothing to wait for on the CPU)."
+    if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
 
 # %% ../nbs/12_bench.ipynb #60589f81
 def step_loss(b:Bench, phase:str, lab:dict, unlab:dict=None):
@@ -155,12 +197,23 @@ def step_loss(b:Bench, phase:str, lab:dict, unlab:dict=None):
     if phase == '1b': return phase1b_step(b.m, lab, b.mcfg)
     return semi_step(b.m, lab, unlab, b.mcfg, b.gen)
 
+# %% ../nbs/12_bench.ipynb #8591fc32
+def _teacher_once(b:Bench):
+    "Make the teacher a copy of the student, the first time only."
+    if not b.teacher_started:
+        start_teacher(b.m)
+        b.teacher_started = True
+
+def _optimizer_step(b:Bench):
+    "A zero gradient for each parameter stepped before that got none now, then the (scaled) optimizer step."
+    fill_zero_grads(b.opt)
+    b.scaler.step(b.opt)
+    b.scaler.update()
+
 # %% ../nbs/12_bench.ipynb #fb0ea9df
 def iteration(b:Bench, phase:str) -> float:
     "One training iteration of `phase` (batches, step under autocast, backward, optimizer, EMA) -> seconds."
-    if phase == '2' and not b.teacher_started:
-        start_teacher(b.m)
-        b.teacher_started = True
+    if phase == '2': _teacher_once(b)
     b.sync()
     t0 = time.perf_counter()
     lab = next(b.lab_it)
@@ -169,9 +222,7 @@ def iteration(b:Bench, phase:str) -> float:
     b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
     b.scaler.scale(loss).backward()
-    fill_zero_grads(b.opt)
-    b.scaler.step(b.opt)
-    b.scaler.update()
+    _optimizer_step(b)
     if phase == '2': ema_update(b.m.teacher, b.m.student)
     b.sync()
     return time.perf_counter() - t0
@@ -181,15 +232,22 @@ def _osum(*ts):
     "The sum of every element of the tensors `ts`, in float32 (scalar)."
     return sum(t.float().sum() for t in ts)
 
+# %% ../nbs/12_bench.ipynb #75670f77
+def _aux_outputs(m:ELNModels, high, low, aux_on=None) -> list:
+    "The auxiliary decoders' predictions on detached features; with gradient where `aux_on` (default: none)."
+    aux = []
+    for d, on in zip(m.aux, aux_on or [False] * len(m.aux)):
+        with nullcontext() if on else torch.no_grad(): aux.append(d(high.detach(), low.detach())[0])
+    return aux
+
+# %% ../nbs/12_bench.ipynb #21705cf6
 def floor_loss(m:ELNModels, phase:str, lab:dict, unlab:dict=None, aux_on=None) -> torch.Tensor:
     "The phase's module calls with no loss maths: the sum of every output a loss reads (scalar)."
     x = lab['image']
     if phase == '1a': return _osum(m.student(x)[0])
     high, low = m.student.encode(x)
     z, _ = m.student.decode(high, low)
-    aux = []
-    for d, on in zip(m.aux, aux_on or [False] * len(m.aux)):
-        with nullcontext() if on else torch.no_grad(): aux.append(d(high.detach(), low.detach())[0])
+    aux = _aux_outputs(m, high, low, aux_on)
     preds = [a.detach() for a in aux] + [z.detach()]
     out = _osum(z, *[a for a in aux if a.requires_grad], *[m.eln(x, p) for p in preds])
     if phase == '1b': return out
@@ -234,33 +292,39 @@ def _split_backward(b:Bench, lt:dict, ut:dict, fs, T):
     with T('eln'): S(lt['eln']).backward()
     with T('student_fwd_bwd'): torch.autograd.backward([S(lt['sup'] + c.lambda_st * ut['st']), *fs], [None, *g])
 
-# %% ../nbs/12_bench.ipynb #c699c27c
-def breakdown_iteration(b:Bench, return_loss=False) -> dict:
-    "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
-    if not b.teacher_started:
-        start_teacher(b.m)
-        b.teacher_started = True
-    T, c = Timer(b.sync), b.mcfg
-    b.sync()
-    t0 = time.perf_counter()
+# %% ../nbs/12_bench.ipynb #0ea861a8
+def _timed_forwards(b:Bench, T:Timer) -> tuple:
+    "The batches and the forwards of `semi_step` under autocast, timed per piece by `T` -> (lt, ut, fs)."
     with T('data'):
         lab = next(b.lab_it)
         unlab = next(b.unlab_it)
     with b.autocast():
-        lt, _ = labelled_terms(b.m, lab, c, T)
-        ut, fs, _ = unlabelled_terms(b.m, unlab, c, b.gen, T)
-    with T('optimizer'): b.opt.zero_grad(set_to_none=True)
-    _split_backward(b, lt, ut, fs, T)
-    with T('optimizer'):
-        fill_zero_grads(b.opt)
-        b.scaler.step(b.opt)
-        b.scaler.update()
-    with T('ema'): ema_update(b.m.teacher, b.m.student)
-    b.sync()
-    total = time.perf_counter() - t0
+        lt, _ = labelled_terms(b.m, lab, b.mcfg, T)
+        ut, fs, _ = unlabelled_terms(b.m, unlab, b.mcfg, b.gen, T)
+    return lt, ut, fs
+
+# %% ../nbs/12_bench.ipynb #fd09f9e6
+def _pieces(T:Timer, total:float) -> dict:
+    "Seconds per piece of `BREAKDOWN` timed by `T`, `other` topped up to `total`, and `total`."
     out = {k: T.t.get(k, 0.) for k in BREAKDOWN}
     out['other'] += total - sum(out.values())
     out['total'] = total
+    return out
+
+# %% ../nbs/12_bench.ipynb #c699c27c
+def breakdown_iteration(b:Bench, return_loss=False) -> dict:
+    "One instrumented semi-supervised iteration -> seconds per piece (+ 'total'; + 'loss' if `return_loss`)."
+    _teacher_once(b)
+    T, c = Timer(b.sync), b.mcfg
+    b.sync()
+    t0 = time.perf_counter()
+    lt, ut, fs = _timed_forwards(b, T)
+    with T('optimizer'): b.opt.zero_grad(set_to_none=True)
+    _split_backward(b, lt, ut, fs, T)
+    with T('optimizer'): _optimizer_step(b)
+    with T('ema'): ema_update(b.m.teacher, b.m.student)
+    b.sync()
+    out = _pieces(T, time.perf_counter() - t0)
     if return_loss: out['loss'] = (sum(lt.values()) + c.lambda_st * ut['st'] + c.lambda_con * ut['con']).item()
     return out
 
@@ -276,13 +340,10 @@ def count_flops(b:Bench, phase:str) -> float:
     with FlopCounterMode(display=False) as fc: iteration(b, phase)
     return float(fc.get_total_flops())
 
-def measure_phase(b:Bench, phase:str) -> dict:
-    "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
+# %% ../nbs/12_bench.ipynb #bfc73b7e
+def _with_floor(b:Bench, phase:str, ts:list) -> list:
+    "Append timed iterations of `phase` to `ts` up to `iters`, each followed by a floor iteration -> the floor's times."
     bcfg = b.bcfg
-    if b.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(b.device)
-    warm = [iteration(b, phase) for _ in range(max(bcfg.warmup, 1))]
-    ts = warm[bcfg.warmup:]                                       # one timed iteration if warmup == 0
-    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:bcfg.warmup]}
     lab, unlab = next(b.lab_it), next(b.unlab_it)
     fl = [floor_iteration(b, phase, lab, unlab) for _ in range(bcfg.warmup)] if bcfg.floor else []
     fl = fl[bcfg.warmup:]
@@ -290,14 +351,33 @@ def measure_phase(b:Bench, phase:str) -> dict:
         ts.append(iteration(b, phase))
         if bcfg.floor: fl.append(floor_iteration(b, phase, lab, unlab))
     if bcfg.floor and len(fl) < len(ts): fl.append(floor_iteration(b, phase, lab, unlab))
+    return fl
+
+# %% ../nbs/12_bench.ipynb #0dc9d8d0
+def _floor_fields(median_s:float, fl:list) -> dict:
+    "The floor's median, minimum and times `fl`, and the ratio of the iteration's median `median_s` to the floor's."
+    r = {'floor_median_s': statistics.median(fl), 'floor_min_s': min(fl), 'floor_times_s': fl}
+    r['floor_ratio'] = median_s / r['floor_median_s']
+    return r
+
+def _flop_fields(b:Bench, phase:str, median_s:float) -> dict:
+    "GFLOP of one iteration of `phase`, and TFLOP/s at the median time `median_s`."
+    gflop = count_flops(b, phase) / 1e9
+    return {'gflop': gflop, 'tflop_per_s': gflop / 1e3 / median_s}
+
+# %% ../nbs/12_bench.ipynb #4e4e258d
+def measure_phase(b:Bench, phase:str) -> dict:
+    "Time `phase` and its floor -> {median_s, min_s, times_s, images_per_s, peak_memory_mb, floor_*, ...}."
+    bcfg = b.bcfg
+    if b.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(b.device)
+    warm = [iteration(b, phase) for _ in range(max(bcfg.warmup, 1))]
+    ts = warm[bcfg.warmup:]                                       # one timed iteration if warmup == 0
+    r = {'peak_memory_mb': peak_memory_mb(b.device), 'warmup_times_s': warm[:bcfg.warmup]}
+    fl = _with_floor(b, phase, ts)
     r.update(_stats(ts))
     r['images_per_s'] = bcfg.batch * (2 if phase == '2' else 1) / r['median_s']
-    if bcfg.floor:
-        r.update({'floor_median_s': statistics.median(fl), 'floor_min_s': min(fl), 'floor_times_s': fl})
-        r['floor_ratio'] = r['median_s'] / r['floor_median_s']
-    if bcfg.flops:
-        r['gflop'] = count_flops(b, phase) / 1e9
-        r['tflop_per_s'] = r['gflop'] / 1e3 / r['median_s']
+    if bcfg.floor: r.update(_floor_fields(r['median_s'], fl))
+    if bcfg.flops: r.update(_flop_fields(b, phase, r['median_s']))
     return r
 
 # %% ../nbs/12_bench.ipynb #41968dbe
@@ -306,6 +386,7 @@ def measure_breakdown(b:Bench, n:int) -> dict:
     rs = [breakdown_iteration(b) for _ in range(n)]
     return {k: statistics.fmean(r[k] for r in rs) for k in (*BREAKDOWN, 'total')}
 
+# %% ../nbs/12_bench.ipynb #3f9feee3
 def run_phases(bcfg:BenchConfig) -> dict:
     "Measure `bcfg.phases` (and the breakdown) in this process -> {'phases': {...}, 'breakdown': {...} or None}."
     # in a fresh process: Python, torch and the package alone
@@ -330,6 +411,7 @@ def config_args(bcfg:BenchConfig) -> list:
         else: args += [opt, str(v)]
     return args
 
+# %% ../nbs/12_bench.ipynb #85bd9f15
 def run_isolated(bcfg:BenchConfig) -> dict:
     "Each phase in its own subprocess -> merged result of `run_phases`."
     out = {'phases': {}, 'breakdown': None, 'isolated': True}
@@ -349,20 +431,11 @@ def is_anchor_preset(bcfg:BenchConfig, device:str='cpu') -> bool:
     return all(getattr(bcfg, k) == p[k]
                for k in ('backbone', 'eln_backbone', 'size', 'batch', 'num_classes', 'threads')) and device == 'cpu'
 
-# %% ../nbs/12_bench.ipynb #b28f8271
-def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
-    "Measurements + machine info -> the JSON report."
+# %% ../nbs/12_bench.ipynb #a9a69bbc
+def _anchor_fields(bcfg:BenchConfig, res:dict, info:dict) -> dict:
+    "The report's ratios to the anchor (None unless `bcfg` is its preset) and the machine factor."
     ph, out = res['phases'], {}
-    for p in PHASES:
-        out[f'phase{p}_median_s'] = ph[p]['median_s'] if p in ph else None
-        out[f'phase{p}_min_s'] = ph[p]['min_s'] if p in ph else None
-    ratios = {p: r['floor_ratio'] for p, r in ph.items() if 'floor_ratio' in r}
-    out['floor_ratio'] = max(ratios.values()) if ratios else None
-    out['floor_ratios'] = ratios
-    out['peak_memory_mb_per_phase'] = {p: r['peak_memory_mb'] for p, r in ph.items()}
-    out['peak_memory_mb'] = max(out['peak_memory_mb_per_phase'].values())
-    out['peak_memory_isolated'] = res['isolated']
-    out['phases'], out['breakdown'] = ph, res['breakdown']
+    anchor = is_anchor_preset(bcfg, info['device'])
     anchor = is_anchor_preset(bcfg, info['device'])
     out['anchor_ratio'] = {p: ph[p]['median_s'] / ANCHOR['median_s'][p] for p in ph} if anchor else None
     out['anchor_min_ratio'] = {p: ph[p]['min_s'] / ANCHOR['min_s'][p] for p in ph} if anchor else None
@@ -371,14 +444,39 @@ def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     f = info.get('reference_s') and info['reference_s'] / ANCHOR['reference_s']
     out['machine_factor'] = f or None                          # > 1: this machine is slower than nominal today
     out['anchor_ratio_adjusted'] = {p: r / f for p, r in out['anchor_ratio'].items()} if anchor and f else None
+    return out
+
+# %% ../nbs/12_bench.ipynb #8e0d3336
+def _phase_times(ph:dict) -> dict:
+    "`phase{p}_median_s` and `phase{p}_min_s` for every phase `p` (None where `p` is not in `ph`)."
+    out = {}
+    for p in PHASES:
+        out[f'phase{p}_median_s'] = ph[p]['median_s'] if p in ph else None
+        out[f'phase{p}_min_s'] = ph[p]['min_s'] if p in ph else None
+    return out
+
+# %% ../nbs/12_bench.ipynb #b28f8271
+def summarize(bcfg:BenchConfig, res:dict, info:dict) -> dict:
+    "Measurements + machine info -> the JSON report."
+    ph = res['phases']
+    out = _phase_times(ph)
+    ratios = {p: r['floor_ratio'] for p, r in ph.items() if 'floor_ratio' in r}
+    out['floor_ratio'] = max(ratios.values()) if ratios else None
+    out['floor_ratios'] = ratios
+    out['peak_memory_mb_per_phase'] = {p: r['peak_memory_mb'] for p, r in ph.items()}
+    out['peak_memory_mb'] = max(out['peak_memory_mb_per_phase'].values())
+    out['peak_memory_isolated'] = res['isolated']
+    out['phases'], out['breakdown'] = ph, res['breakdown']
+    out.update(_anchor_fields(bcfg, res, info))
     out['anchor'] = ANCHOR
     return {**out, 'base_rss_mb': res.get('base_rss_mb'), 'config': asdict(bcfg), 'threads': res.get('threads'), **info}
 
 # %% ../nbs/12_bench.ipynb #5f1ecba1
 def _f(v, fmt='.3f'): return '-' if v is None else format(v, fmt)
 
-def format_table(rep:dict) -> str:
-    "The human-readable report."
+# %% ../nbs/12_bench.ipynb #3098030b
+def _header_lines(rep:dict) -> list:
+    "The table's first lines: the workload, the machine and the run's length, then the phase table's column heads."
     c = rep['config']
     cl, amx = 'on' if c['channels_last'] else 'off', 'yes' if rep['amx'] else 'no'
     L = [f"eln_nb_bench: {c['backbone']} + ELN {c['eln_backbone']}, {c['size']}x{c['size']}, "
@@ -387,14 +485,7 @@ def format_table(rep:dict) -> str:
          f"torch {rep['torch']}, {rep['cpu_model']} (AMX bf16: {amx}), load average {rep['loadavg_start'][0]:.2f} "
          f"at start, {rep['loadavg'][0]:.2f} at end; {c['iters']} iterations after {c['warmup']} warm-up", '',
          f"{'phase':6}{'median s':>10}{'min s':>9}{'img/s':>8}{'floor s':>9}{'ratio':>7}{'peak MiB':>10}{'GFLOP':>8}"]
-    for p, r in rep['phases'].items():
-        L.append(f"{p:6}{r['median_s']:10.3f}{r['min_s']:9.3f}{r['images_per_s']:8.2f}{_f(r.get('floor_median_s')):>9}"
-                 f"{_f(r.get('floor_ratio'), '.2f'):>7}{r['peak_memory_mb']:10.0f}{_f(r.get('gflop'), '.0f'):>8}")
-    peaks = 'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'
-    L.append(f"floor ratio = iteration / bare forward+backward of the same modules (target <= 1.15); peak memory "
-             f"{peaks}, (the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its "
-             "networks)")
-    return '\n'.join(L + _breakdown_lines(rep) + _anchor_lines(rep))
+    return L
 
 # %% ../nbs/12_bench.ipynb #73ac9a0c
 def _breakdown_lines(rep:dict) -> list:
@@ -405,6 +496,21 @@ def _breakdown_lines(rep:dict) -> list:
     for k in BREAKDOWN: L.append(f"  {k:16}{bd[k]:9.3f} s {100 * bd[k] / bd['total']:6.1f}%")
     m = rep['phase2_median_s']
     L.append(f"  {'total':16}{bd['total']:9.3f} s  (uninstrumented median {m:.3f} s: ratio {bd['total'] / m:.2f})")
+    return L
+
+# %% ../nbs/12_bench.ipynb #d0ca0010
+def _anchor_footer(rep:dict) -> list:
+    "The machine-today line (if the reference was timed) and the target's verdict (fp32, or bf16 with channels_last)."
+    A, adj, L = ANCHOR, rep.get('anchor_ratio_adjusted'), []
+    if rep.get('machine_factor'):
+        L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal "
+                 f"{A['reference_s']:.1f} s (factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
+    c, t = rep['config'], None
+    t = TARGETS['bf16'] if c['amp'] == 'bf16' and c['channels_last'] else TARGETS['off'] if c['amp'] == 'off' else None
+    if t:
+        v = lambda r: 'met' if max(r.values()) <= t else 'NOT met'
+        L.append(f"target: <= {t}x the anchor's median in every phase: {v(rep['anchor_ratio'])}"
+                 + (f" (adjusted for the machine's speed: {v(adj)})" if adj else ''))
     return L
 
 # %% ../nbs/12_bench.ipynb #467f98a4
@@ -420,16 +526,20 @@ def _anchor_lines(rep:dict) -> list:
         L.append(f"{p:6}{A['median_s'][p]:13.2f}{rep['anchor_ratio'][p]:7.2f}{_f(adj and adj[p], '.2f'):>7}"
                  f"{A['min_s'][p]:13.2f}{rep['anchor_min_ratio'][p]:7.2f}{A['peak_rss_gib'][p]:11.1f}"
                  f"{_f(mr and mr[p], '.2f'):>7}")
-    if rep.get('machine_factor'):
-        L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal "
-                 f"{A['reference_s']:.1f} s (factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
-    c, t = rep['config'], None
-    t = TARGETS['bf16'] if c['amp'] == 'bf16' and c['channels_last'] else TARGETS['off'] if c['amp'] == 'off' else None
-    if t:
-        v = lambda r: 'met' if max(r.values()) <= t else 'NOT met'
-        L.append(f"target: <= {t}x the anchor's median in every phase: {v(rep['anchor_ratio'])}"
-                 + (f" (adjusted for the machine's speed: {v(adj)})" if adj else ''))
-    return L
+    return L + _anchor_footer(rep)
+
+# %% ../nbs/12_bench.ipynb #c91e1780
+def format_table(rep:dict) -> str:
+    "The human-readable report."
+    L = _header_lines(rep)
+    for p, r in rep['phases'].items():
+        L.append(f"{p:6}{r['median_s']:10.3f}{r['min_s']:9.3f}{r['images_per_s']:8.2f}{_f(r.get('floor_median_s')):>9}"
+                 f"{_f(r.get('floor_ratio'), '.2f'):>7}{r['peak_memory_mb']:10.0f}{_f(r.get('gflop'), '.0f'):>8}")
+    peaks = 'per phase (one process each)' if rep['peak_memory_isolated'] else 'cumulative (one process for all phases)'
+    L.append(f"floor ratio = iteration / bare forward+backward of the same modules (target <= 1.15); peak memory "
+             f"{peaks}, (the process's peak was {_f(rep['base_rss_mb'], '.0f')} MiB before the benchmark built its "
+             "networks)")
+    return '\n'.join(L + _breakdown_lines(rep) + _anchor_lines(rep))
 
 # %% ../nbs/12_bench.ipynb #731c3a8b
 _BENCH_ABOUT = """Times one training iteration of each ELN phase (1a supervised; 1b auxiliary decoders + ELN; 2
@@ -443,6 +553,19 @@ _BENCH_EXAMPLES = '''examples:
   eln_nb_bench --amp bf16 --channels-last  # CPUs with AMX only
   eln_nb_bench --device cuda --amp bf16 --flops --peak-tflops 989'''
 
+# %% ../nbs/12_bench.ipynb #5200648f
+def _add_field_arg(p:argparse.ArgumentParser, name:str, v, h:str):
+    "Add the option of `BenchConfig` field `name` (default `v`, help `h`) to `p`."
+    opt = '--' + name.replace('_', '-')
+    if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v, help=h)
+    elif name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v), help=h)
+    elif name in ('amp', 'data', 'isolate'):
+        p.add_argument(opt, default=v, help=h,
+                       choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
+                                'isolate': ('auto', 'on', 'off')}[name])
+    else: p.add_argument(opt, type=type(v), default=v, help=h)
+
+# %% ../nbs/12_bench.ipynb #e01aafb9
 def bench_parser() -> argparse.ArgumentParser:
     "The options of `eln_nb_bench`, one per `BenchConfig` field, each with its help."
     p = argparse.ArgumentParser('eln_nb_bench', description=_BENCH_ABOUT,
@@ -450,32 +573,39 @@ def bench_parser() -> argparse.ArgumentParser:
                                 epilog=_BENCH_EXAMPLES)
     d, helps = BenchConfig(), field_help(BenchConfig)
     for f in fields(BenchConfig):
-        opt, v = '--' + f.name.replace('_', '-'), getattr(d, f.name)
+        v = getattr(d, f.name)
         h = f"{helps.get(f.name, '')} (default {v!r})".replace('%', '%%')
-        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=v, help=h)
-        elif f.name == 'phases': p.add_argument(opt, nargs='+', choices=PHASES, default=list(v), help=h)
-        elif f.name in ('amp', 'data', 'isolate'):
-            p.add_argument(opt, default=v, help=h,
-                           choices={'amp': ('off', 'bf16', 'fp16'), 'data': ('loader', 'synthetic-tensors'),
-                                                            'isolate': ('auto', 'on', 'off')}[f.name])
-        else: p.add_argument(opt, type=type(v), default=v, help=h)
+        _add_field_arg(p, f.name, v, h)
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
-# %% ../nbs/12_bench.ipynb #dc8cb9d5
-def run_bench(bcfg:BenchConfig) -> dict:
-    "Run the benchmark described by `bcfg` -> the JSON report."
+# %% ../nbs/12_bench.ipynb #117e8b51
+def _start_info(bcfg:BenchConfig) -> tuple:
+    "The machine at the start of the run, and `bcfg`'s device -> (info, device); warns if bf16 has no CPU support."
     info = machine_info()
     info['loadavg_start'] = info['loadavg']
     dev = resolve_device(bcfg.device)
     info['device'] = kind = dev.type
     if kind == 'cpu' and bcfg.amp == 'bf16' and not cpu_has_bf16(): print(bf16_warning(), file=sys.stderr, flush=True)
+    return info, dev
+
+# %% ../nbs/12_bench.ipynb #1901be3f
+def _calibrated_phases(bcfg:BenchConfig, kind:str, info:dict) -> dict:
+    "The phases' measurements (isolated or not), the reference's times before and after them added to `info`."
     cal = bcfg.calibrate and kind == 'cpu'
     # before and after the phases: the machine drifts
     ref = [reference_time_isolated(bcfg.threads or 2)] if cal else []
     res = run_isolated(bcfg) if bcfg.isolate == 'on' or (bcfg.isolate == 'auto' and kind == 'cpu') else run_phases(bcfg)
     if cal: ref.append(reference_time_isolated(bcfg.threads or 2))
     info['reference_times_s'], info['reference_s'] = ref, (statistics.fmean(ref) if ref else None)
+    return res
+
+# %% ../nbs/12_bench.ipynb #dc8cb9d5
+def run_bench(bcfg:BenchConfig) -> dict:
+    "Run the benchmark described by `bcfg` -> the JSON report."
+    info, dev = _start_info(bcfg)
+    kind = dev.type
+    res = _calibrated_phases(bcfg, kind, info)
     info['loadavg'] = list(os.getloadavg())
     if kind == 'cuda': info['gpu'] = torch.cuda.get_device_name(dev)
     rep = summarize(bcfg, res, info)

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
+from fastcore.basics import patch
 
 # %% ../nbs/06_metrics.ipynb #153c2339
 def to_labels(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits
@@ -60,20 +61,30 @@ class ConfusionMatrix:
         m = confusion_matrix(pred, target, self.num_classes)
         self.mat = self.mat.to(m.device) + m
         return self
-    def iou(self) -> torch.Tensor:
-        "Per-class IoU [C] (float64, nan for 0/0)."
-        return iou_from_matrix(self.mat)
-    def miou(self) -> float:
-        "nan-mean of the per-class IoU."
-        return float(self.iou().nanmean())
-    def pixel_accuracy(self) -> float:
-        "Fraction of counted pixels predicted correctly (nan when nothing was counted)."
-        n = int(self.mat.sum())
-        return int(self.mat.diag().sum()) / n if n else math.nan
-    def all_reduce_(self):
-        "Sum `mat` across DDP ranks in place (no-op without torch.distributed)."
-        _all_reduce_(self.mat)
-        return self
+
+# %% ../nbs/06_metrics.ipynb #fa786617
+@patch
+def iou(self:ConfusionMatrix) -> torch.Tensor:
+    "Per-class IoU [C] (float64, nan for 0/0)."
+    return iou_from_matrix(self.mat)
+
+@patch
+def miou(self:ConfusionMatrix) -> float:
+    "nan-mean of the per-class IoU."
+    return float(self.iou().nanmean())
+
+@patch
+def pixel_accuracy(self:ConfusionMatrix) -> float:
+    "Fraction of counted pixels predicted correctly (nan when nothing was counted)."
+    n = int(self.mat.sum())
+    return int(self.mat.diag().sum()) / n if n else math.nan
+
+# %% ../nbs/06_metrics.ipynb #9268b197
+@patch
+def all_reduce_(self:ConfusionMatrix):
+    "Sum `mat` across DDP ranks in place (no-op without torch.distributed)."
+    _all_reduce_(self.mat)
+    return self
 
 # %% ../nbs/06_metrics.ipynb #4c817c52
 def miou(pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits
@@ -88,6 +99,7 @@ def _ratio(num, den, empty):
     r = num / den.clamp(min=1)
     return torch.where(den > 0, r, empty.to(r.dtype))
 
+# %% ../nbs/06_metrics.ipynb #d255c051
 def error_counts(error_pred:torch.Tensor, # [B,H,W] bool or 0/1: True = predicted error
                  pred:torch.Tensor, # [B,H,W] class indices or [B,C,h,w] logits
                  target:torch.Tensor, # [B,H,W] labels
@@ -125,17 +137,23 @@ class ErrorLocalizationMeter:
         st = _batch_stats(error_counts(error_pred, pred, target, self.ignore_index))
         self.stats = self.stats.to(st.device) + st
         return self
-    def compute(self) -> dict:
-        "Image means `precision, recall, f1`, pooled `precision_total, recall_total, f1_total` (floats; nan: no image)."
-        s = self.stats.cpu()
-        n = s[3].item()
-        vals = [(x / n).item() for x in s[:3]] + [x.item() for x in _prf(s[4], s[5], s[6])] if n else [math.nan] * 6
-        return dict(zip(['precision', 'recall', 'f1', 'precision_total', 'recall_total', 'f1_total'], vals))
-    def all_reduce_(self):
-        "Sum `stats` across DDP ranks in place (no-op without torch.distributed)."
-        _all_reduce_(self.stats)
-        return self
 
+# %% ../nbs/06_metrics.ipynb #6bb2a780
+@patch
+def compute(self:ErrorLocalizationMeter) -> dict:
+    "Image means `precision, recall, f1`, pooled `precision_total, recall_total, f1_total` (floats; nan: no image)."
+    s = self.stats.cpu()
+    n = s[3].item()
+    vals = [(x / n).item() for x in s[:3]] + [x.item() for x in _prf(s[4], s[5], s[6])] if n else [math.nan] * 6
+    return dict(zip(['precision', 'recall', 'f1', 'precision_total', 'recall_total', 'f1_total'], vals))
+
+@patch
+def all_reduce_(self:ErrorLocalizationMeter):
+    "Sum `stats` across DDP ranks in place (no-op without torch.distributed)."
+    _all_reduce_(self.stats)
+    return self
+
+# %% ../nbs/06_metrics.ipynb #006061e6
 def error_localization_scores(error_pred, pred, target, ignore_index:int=255) -> dict:
     "Error-localization precision/recall/F1 of one batch: image-averaged and pooled (see `ErrorLocalizationMeter`)."
     return ErrorLocalizationMeter(ignore_index).update(error_pred, pred, target).compute()
