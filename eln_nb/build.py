@@ -98,6 +98,7 @@ class RunData:
     unl_view: object
     split_from: str
 
+# %% ../nbs/09a_build.ipynb #ca1c7840
 def build_data(cfg:TrainConfig) -> RunData:
     "Training (labelled + unlabelled subsets), validation dataset and the training views."
     train = _dataset(cfg, cfg.train_split)
