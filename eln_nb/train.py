@@ -237,7 +237,7 @@ def _changed_settings(old:TrainConfig, new:TrainConfig) -> list:
 # %% ../nbs/09d_train.ipynb #60b2dfa1
 @patch
 def _load_state(self:Trainer, ck:dict, path):
-    "Continue from checkpoint `ck` (read from `path`): iteration, weights, optimizer, scaler, accounting, random states."
+    "Continue from checkpoint `ck` (read from `path`): iteration, weights, AdamW, scaler, accounting, random states."
     self.it, self.best = int(ck['iteration']), float(ck['best'])
     self._load_models(ck['models'], path)
     self.opt.load_state_dict(ck['optimizer'])
@@ -355,8 +355,8 @@ def _branch(self:Trainer, path):
     self.scaler.load_state_dict(ck['scaler'])
     self._restore_run(ck)
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
-    if self.main:
-        self.log(f"branched from {path} at iteration {self.it}" + (f" (dropped {', '.join(dropped)})" if dropped else ''))
+    note = f" (dropped {', '.join(dropped)})" if dropped else ''
+    if self.main: self.log(f"branched from {path} at iteration {self.it}{note}")
     return path
 
 # %% ../nbs/09d_train.ipynb #0f204ebe
