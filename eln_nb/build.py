@@ -58,6 +58,13 @@ def _labelled_names(ds, names):
     labels = getattr(ds, 'labels', None)
     return names if labels is None else [n for n, l in zip(names, labels) if l is not None]
 
+# %% ../nbs/09a_build.ipynb #9c6fd4a0
+def _check_labelled(src:str, labelled_names:list, known:list):
+    "Refuse a split (read from `src`) whose labelled names include images without a label file (not in `known`)."
+    no_label = sorted(set(labelled_names) - set(known))
+    if no_label:
+        raise DatasetError(f"split ({src}): {len(no_label)} labelled names have no label file, e.g. {no_label[:3]}")
+
 # %% ../nbs/09a_build.ipynb #c667965b
 def _split_pools(cfg:TrainConfig, train) -> tuple:
     "(labelled names, unlabelled names, where the split came from, name -> index) of the training set `train`."
@@ -67,9 +74,7 @@ def _split_pools(cfg:TrainConfig, train) -> tuple:
     labelled_names, unlabelled_names, src = _split_names(cfg, known)
     # images without labels are unlabelled
     unlabelled_names = unlabelled_names + [n for n in names if n not in set(known)]
-    no_label = sorted(set(labelled_names) - set(known))
-    if no_label:
-        raise DatasetError(f"split ({src}): {len(no_label)} labelled names have no label file, e.g. {no_label[:3]}")
+    _check_labelled(src, labelled_names, known)
     pos = {n: i for i, n in enumerate(names)}
     missing = [n for n in labelled_names + unlabelled_names if n not in pos]
     if missing:
@@ -98,6 +103,7 @@ class RunData:
     unl_view: object
     split_from: str
 
+# %% ../nbs/09a_build.ipynb #ca1c7840
 def build_data(cfg:TrainConfig) -> RunData:
     "Training (labelled + unlabelled subsets), validation dataset and the training views."
     train = _dataset(cfg, cfg.train_split)

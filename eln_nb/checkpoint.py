@@ -52,6 +52,22 @@ def set_rng_state(st:dict, generator=None):
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
     if generator is not None and 'generator' in st: generator.set_state(st['generator'])
 
+# %% ../nbs/09b_checkpoints.ipynb #badf6b07
+def _save_synced(state:dict, tmp:Path):
+    "`torch.save` `state` into the file `tmp`, flushed and synced to disk."
+    with open(tmp, 'wb') as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+# %% ../nbs/09b_checkpoints.ipynb #966e06c5
+def _write_error(e:BaseException, path:Path) -> CheckpointError:
+    "The `CheckpointError` of a failed write of `path`: the cause in one line and the free space there."
+    free = shutil.disk_usage(path.parent).free / 2**30
+    why = ' '.join(str(e).split())[:200]
+    return CheckpointError(f"{path}: could not write the checkpoint ({type(e).__name__}: {why}); "
+                           f"{free:.1f} GiB free there; the file that was there before is untouched")
+
 # %% ../nbs/09b_checkpoints.ipynb #07569ccf
 def save_checkpoint(state:dict, path, keep_prev:bool=True):
     """Write `state` atomically (tmp file, fsync, rename); the replaced file becomes `<name>.prev.pt` when `keep_prev`.
@@ -60,19 +76,12 @@ def save_checkpoint(state:dict, path, keep_prev:bool=True):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+    try: _save_synced(state, tmp)
     except BaseException as e:
         tmp.unlink(missing_ok=True)                           # no half-written file left behind
         # a full disk shows up as an OSError, or as a RuntimeError from torch's zip writer; anything else as it is
         if not isinstance(e, (OSError, RuntimeError)): raise
-        free = shutil.disk_usage(path.parent).free / 2**30
-        why = ' '.join(str(e).split())[:200]
-        raise CheckpointError(f"{path}: could not write the checkpoint ({type(e).__name__}: {why}); "
-                              f"{free:.1f} GiB free there; the file that was there before is untouched") from e
+        raise _write_error(e, path) from e
     if keep_prev and path.exists(): os.replace(path, path.with_name(path.stem + '.prev.pt'))
     os.replace(tmp, path)
 
@@ -84,6 +93,21 @@ def _reason(e) -> str:
     if m: return m.group(1).strip()
     return ' '.join(l for l in s.splitlines() if l.strip() and 'weights_only' not in l)[:300]
 
+# %% ../nbs/09b_checkpoints.ipynb #8b39d5ed
+def _unsafe_global(e) -> str:
+    "The callable a refused file would have called when unpickled, from the error `e` of `torch.load`, or None."
+    code = re.search(r'unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)', str(e))
+    return None if code is None else code.group(1) or code.group(2)
+
+# %% ../nbs/09b_checkpoints.ipynb #4b576805
+def _corrupt_error(path:Path, e:Exception) -> CheckpointError:
+    "The `CheckpointError` of the truncated or corrupt checkpoint `path` (`e`: the load's error), with earlier ones."
+    prev = [p.name for p in (path.with_name(path.stem + '.prev.pt'), *sorted(path.parent.glob('iter_*.pt'))[-1:])
+            if p.is_file() and p != path]
+    hint = f"; earlier good checkpoints may be {prev} (pass one with --resume)" if prev else ''
+    why = f"{type(e).__name__}: {_reason(e)}"
+    return CheckpointError(f"{path}: truncated or corrupt checkpoint ({why}){hint}")
+
 # %% ../nbs/09b_checkpoints.ipynb #3b3cab8a
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Read a checkpoint with `weights_only=True`; a missing, truncated or corrupt file raises a `CheckpointError`."
@@ -91,16 +115,11 @@ def load_checkpoint(path, map_location='cpu') -> dict:
     if not path.is_file(): raise CheckpointError(f"{path}: checkpoint not found")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        code = re.search(r'unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)', str(e))
+        code = _unsafe_global(e)
         if code:
             raise CheckpointError(f"{path}: unsafe file, not loaded: it contains code, not only tensors (it would call "
-                                       f"{code.group(1) or code.group(2)} when unpickled); "
-                                       "use only checkpoints from a run you trust") from None
-        prev = [p.name for p in (path.with_name(path.stem + '.prev.pt'), *sorted(path.parent.glob('iter_*.pt'))[-1:])
-                if p.is_file() and p != path]
-        hint = f"; earlier good checkpoints may be {prev} (pass one with --resume)" if prev else ''
-        why = f"{type(e).__name__}: {_reason(e)}"
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({why}){hint}") from e
+                                  f"{code} when unpickled); use only checkpoints from a run you trust") from None
+        raise _corrupt_error(path, e) from e
     if not isinstance(ck, dict) or 'models' not in ck:
         raise CheckpointError(f"{path}: not an eln_nb checkpoint (no 'models')")
     return ck

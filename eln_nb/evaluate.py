@@ -39,28 +39,38 @@ def _predict_full(net:nn.Module, x:torch.Tensor, eln:nn.Module=None):
     e = None if eln is None else resize_to(eln(x, z, dropout=False).float(), x.shape[-2:])
     return resize_to(z.float(), x.shape[-2:]), e
 
-# %% ../nbs/09c_evaluate.ipynb #127487b6
-@torch.no_grad()
-def _predict_slide(net:nn.Module, x:torch.Tensor, eln:nn.Module=None, window=(321, 321),
-                   overlap:float=1/3):
-    "The same from overlapping windows (the image padded to one window if smaller), averaged where they overlap."
+# %% ../nbs/09c_evaluate.ipynb #19c3e34a
+def _pad_to(x:torch.Tensor, window) -> tuple:
+    "(`x` [B,3,H,W] zero-padded right and bottom to at least `window` (h, w), the window clipped to the padded size)."
     (H, W), (wh, ww) = x.shape[-2:], window
     pad = (0, max(0, ww - W), 0, max(0, wh - H))
     xp = F.pad(x, pad)
     Hp, Wp = xp.shape[-2:]
-    wh, ww = min(wh, Hp), min(ww, Wp)
+    return xp, (min(wh, Hp), min(ww, Wp))
+
+# %% ../nbs/09c_evaluate.ipynb #9e1cbb0f
+def _window_starts(Hp:int, Wp:int, wh:int, ww:int, overlap:float) -> list:
+    "(row, column) of the top-left corner of every window of `wh`x`ww` over a `Hp`x`Wp` image, rows first."
+    return [(i, j) for i in _windows(Hp, wh, max(1, int(wh * (1 - overlap))))
+            for j in _windows(Wp, ww, max(1, int(ww * (1 - overlap))))]
+
+# %% ../nbs/09c_evaluate.ipynb #127487b6
+@torch.no_grad()
+def _predict_slide(net:nn.Module, x:torch.Tensor, eln:nn.Module=None, window=(321, 321), overlap:float=1/3):
+    "The same from overlapping windows (the image padded to one window if smaller), averaged where they overlap."
+    H, W = x.shape[-2:]
+    xp, (wh, ww) = _pad_to(x, window)
+    Hp, Wp = xp.shape[-2:]
     z_sum, e_sum, cnt = None, None, xp.new_zeros(1, 1, Hp, Wp)
-    for i in _windows(Hp, wh, max(1, int(wh * (1 - overlap)))):
-        for j in _windows(Wp, ww, max(1, int(ww * (1 - overlap)))):
-            zw, ew = _predict_full(net, xp[..., i:i+wh, j:j+ww], eln)
-            if z_sum is None:
-                z_sum = xp.new_zeros(x.shape[0], zw.shape[1], Hp, Wp, dtype=torch.float32)
-                e_sum = None if ew is None else xp.new_zeros(x.shape[0], 1, Hp, Wp, dtype=torch.float32)
-            z_sum[..., i:i+wh, j:j+ww] += zw
-            cnt[..., i:i+wh, j:j+ww] += 1
-            if ew is not None: e_sum[..., i:i+wh, j:j+ww] += ew
-    z = (z_sum / cnt)[..., :H, :W]
-    return z, None if e_sum is None else (e_sum / cnt)[..., :H, :W]
+    for i, j in _window_starts(Hp, Wp, wh, ww, overlap):
+        zw, ew = _predict_full(net, xp[..., i:i+wh, j:j+ww], eln)
+        if z_sum is None:
+            z_sum = xp.new_zeros(x.shape[0], zw.shape[1], Hp, Wp, dtype=torch.float32)
+            e_sum = None if ew is None else xp.new_zeros(x.shape[0], 1, Hp, Wp, dtype=torch.float32)
+        z_sum[..., i:i+wh, j:j+ww] += zw
+        cnt[..., i:i+wh, j:j+ww] += 1
+        if ew is not None: e_sum[..., i:i+wh, j:j+ww] += ew
+    return (z_sum / cnt)[..., :H, :W], None if e_sum is None else (e_sum / cnt)[..., :H, :W]
 
 # %% ../nbs/09c_evaluate.ipynb #1496086b
 @torch.no_grad()
@@ -81,28 +91,44 @@ def _report(cms:dict, s:dict, info:DatasetInfo, teacher:bool, mode:str) -> dict:
             'eln_f1': s.get('f1', math.nan),
             'eln_f1_pooled': s.get('f1_total', math.nan), 'mode': mode}
 
+# %% ../nbs/09c_evaluate.ipynb #49d07605
+@contextlib.contextmanager
+def _in_eval_mode(m:nn.Module):
+    "Run the block with `m` in eval mode, then give it back its training flag."
+    was = m.training
+    m.eval()
+    try: yield
+    finally: m.train(was)
+
+# %% ../nbs/09c_evaluate.ipynb #bbbd63d2
+def _score_batch(m:ELNModels, x:torch.Tensor, y:torch.Tensor, cms:dict, el, eln:nn.Module, thr:float, mode:str,
+                 window, teacher:bool):
+    "Add the predictions on images `x` [B,3,H,W] with labels `y` [B,H,W] to `cms` and the ELN meter `el` (if `eln`)."
+    z, e = predict(m.student, x, eln, mode, window)
+    cms['student'].update(z, y)
+    if eln is not None: el.update(e[:, 0] <= thr, z, y)   # error where sigmoid <= threshold
+    if teacher: cms['teacher'].update(predict(m.teacher, x, None, mode, window)[0], y)
+
+# %% ../nbs/09c_evaluate.ipynb #1d94f7bf
+def _scores(cms:dict, el, has_eln:bool) -> dict:
+    "Sum the confusion matrices `cms` and the ELN meter `el` over ranks -> the ELN's scores (empty without an ELN)."
+    for c in cms.values(): c.all_reduce_()
+    el.all_reduce_()
+    return el.compute() if has_eln else {}
+
 # %% ../nbs/09c_evaluate.ipynb #09b01fd8
 @torch.no_grad()
 def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), amp=None, mode:str='full',
              window=(321, 321), eln_threshold:float=0.5, channels_last:bool=False, teacher:bool=True) -> dict:
     "Student (and teacher) mIoU, per-class IoU, pixel accuracy and the ELN's error-localization P/R/F1 over `loader`."
-    was = m.training
-    m.eval()
     cms = {'student': ConfusionMatrix(info.num_classes), 'teacher': ConfusionMatrix(info.num_classes)}
     el, has_eln = ErrorLocalizationMeter(), m.eln is not None and m.filter == 'eln'
     thr = math.log(eln_threshold / (1 - eln_threshold))
-    try:
-        with torch.random.fork_rng(devices=[]):           # evaluation never moves the training random state
-            for b in loader:
-                x, y = b['image'].to(device, non_blocking=True), b['label'].to(device, non_blocking=True)
-                if channels_last: x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    z, e = predict(m.student, x, m.eln if has_eln else None, mode, window)
-                    cms['student'].update(z, y)
-                    if has_eln: el.update(e[:, 0] <= thr, z, y)   # error where sigmoid <= threshold
-                    if teacher: cms['teacher'].update(predict(m.teacher, x, None, mode, window)[0], y)
-    finally: m.train(was)
-    for c in cms.values(): c.all_reduce_()
-    el.all_reduce_()
-    s = el.compute() if has_eln else {}
+    with _in_eval_mode(m), torch.random.fork_rng(devices=[]):     # evaluation never moves the training random state
+        for b in loader:
+            x, y = b['image'].to(device, non_blocking=True), b['label'].to(device, non_blocking=True)
+            if channels_last: x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                _score_batch(m, x, y, cms, el, m.eln if has_eln else None, thr, mode, window, teacher)
+    s = _scores(cms, el, has_eln)
     return _report(cms, s, info, teacher, mode)

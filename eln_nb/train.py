@@ -45,6 +45,7 @@ class StepModule(nn.Module):
         if phase == '1b': return stage1.phase1b_step(self.m, lab, self.mcfg)
         return stage2.semi_step(self.m, lab, unlab, self.mcfg, self.generator)
 
+# %% ../nbs/09d_train.ipynb #8f111a77
 def init_distributed(cfg:TrainConfig):
     "Join the torchrun process group when WORLD_SIZE > 1 -> (rank, world_size, device)."
     env = lambda k, d: int(os.environ.get(k, d))
@@ -225,24 +226,18 @@ def _load_models(self:Trainer, sd, path):
     bad = [k for k in missing if not k.startswith(self._unused())] + list(unexpected)
     if bad: raise CheckpointError(f"{path}: weights do not fit this run's networks, e.g. {bad[:3]}")
 
-# %% ../nbs/09d_train.ipynb #850338c1
-@patch
-def _resume(self:Trainer, resume=None):
-    "Load the checkpoint to continue from (auto: `out/last.pt`); returns its path or None."
-    path = self._find_resume(resume)
-    if path is None: return self._branch(self.cfg.init_from) if self.cfg.init_from else None
-    ck = load_checkpoint(path, self.device)
-    old = config_from_dict(ck['config'])
+# %% ../nbs/09d_train.ipynb #3d4f43e5
+def _changed_settings(old:TrainConfig, new:TrainConfig) -> list:
+    "Names of the fields that differ between the run `old` and `new`, runtime options (where, how often) left out."
     runtime = {'out', 'device', 'num_workers', 'threads', 'progress', 'eval_every', 'ckpt_every', 'keep_every',
-               'log_every', 'compile',
-               'check_files', 'keep_prev', 'init_from'}
-    diff = [f.name for f in fields(TrainConfig) if f.name not in runtime
-            and getattr(old, f.name) != getattr(self.cfg, f.name)]
-    if diff and self.main:
-        warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was "
-                      f"checkpointed")
-    if 'optimizer' not in ck:
-        raise CheckpointError(f"{path}: weights for evaluation only (best.pt), cannot resume; use last.pt")
+               'log_every', 'compile', 'check_files', 'keep_prev', 'init_from'}
+    return [f.name for f in fields(TrainConfig) if f.name not in runtime
+            and getattr(old, f.name) != getattr(new, f.name)]
+
+# %% ../nbs/09d_train.ipynb #60b2dfa1
+@patch
+def _load_state(self:Trainer, ck:dict, path):
+    "Continue from checkpoint `ck` (read from `path`): iteration, weights, AdamW, scaler, accounting, random states."
     self.it, self.best = int(ck['iteration']), float(ck['best'])
     self._load_models(ck['models'], path)
     self.opt.load_state_dict(ck['optimizer'])
@@ -252,6 +247,21 @@ def _resume(self:Trainer, resume=None):
     elif self.main:
         warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are "
                       f"re-seeded")
+
+# %% ../nbs/09d_train.ipynb #850338c1
+@patch
+def _resume(self:Trainer, resume=None):
+    "Load the checkpoint to continue from (auto: `out/last.pt`); returns its path or None."
+    path = self._find_resume(resume)
+    if path is None: return self._branch(self.cfg.init_from) if self.cfg.init_from else None
+    ck = load_checkpoint(path, self.device)
+    diff = _changed_settings(config_from_dict(ck['config']), self.cfg)
+    if diff and self.main:
+        warnings.warn(f"resuming {path} with changed settings {diff}: the run is no longer the one that was "
+                      f"checkpointed")
+    if 'optimizer' not in ck:
+        raise CheckpointError(f"{path}: weights for evaluation only (best.pt), cannot resume; use last.pt")
+    self._load_state(ck, path)
     if self.main: self.log(f"resumed from {path} at iteration {self.it}")
     return path
 
@@ -266,6 +276,17 @@ def __init__(self:Trainer, cfg:TrainConfig, resume=None, log=print):
     self.resumed_from = self._resume(resume)
     self._wrap()
 
+# %% ../nbs/09d_train.ipynb #b7dd290f
+@patch
+def _rng_states(self:Trainer) -> list:
+    "The random states (`rng_state`) of every rank, in rank order."
+    rng = rng_state(self.gen)
+    if self.ws > 1:
+        allr = [None] * self.ws
+        dist.all_gather_object(allr, rng)
+        return allr
+    return [rng]
+
 # %% ../nbs/09d_train.ipynb #364aa6de
 @patch
 def _state(self:Trainer, eval_only=False) -> dict:
@@ -277,12 +298,7 @@ def _state(self:Trainer, eval_only=False) -> dict:
           'classes': list(self.data.info.classes), 'palette': [list(p) for p in self.data.info.palette],
           'num_classes': self.data.info.num_classes, 'version': 2, 'eval_only': eval_only}
     if eval_only: return st
-    rng = rng_state(self.gen)
-    if self.ws > 1:
-        allr = [None] * self.ws
-        dist.all_gather_object(allr, rng)
-        rng = allr
-    else: rng = [rng]
+    rng = self._rng_states()
     return {**st, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': rng,
             'world_size': self.ws}
 
@@ -296,32 +312,51 @@ def _optimizer_state_by_name(ck:dict, old:TrainConfig, num_classes:int) -> dict:
     names = {id(p): n for n, p in m.named_parameters()}
     return {names[id(p)]: s for p, s in opt.state.items()}
 
-# %% ../nbs/09d_train.ipynb #363d9e7e
+# %% ../nbs/09d_train.ipynb #58f24407
 @patch
-def _branch(self:Trainer, path):
-    "Start from another run's checkpoint `path` (see `TrainConfig.init_from`); returns its path."
-    path = Path(path)
+def _branch_checkpoint(self:Trainer, path:Path) -> dict:
+    "The checkpoint `path` to branch from, refused when it holds evaluation weights only or lies past this run's end."
     ck = load_checkpoint(path, 'cpu')
     if 'optimizer' not in ck:
         raise CheckpointError(f"{path}: weights for evaluation only, cannot branch from it; use last.pt")
     it = int(ck['iteration'])
     if it > self.sched.total:
         raise CheckpointError(f"{path}: at iteration {it}, past this run's {self.sched.total} iterations")
-    old = config_from_dict(ck['config'])
+    return ck
+
+# %% ../nbs/09d_train.ipynb #a3b1803c
+@patch
+def _branch_weights(self:Trainer, ck:dict) -> tuple:
+    "(the weights in `ck` of the networks this run has, sorted names of the networks of `ck` it does not have)."
     keep = [n for n, _ in self.m.named_children() if getattr(self.m, n) is not None]
     sd = {k: v for k, v in ck['models'].items() if k.split('.')[0] in keep}
-    self.it, self.best = it, float(ck['best'])
-    self._load_models(sd, path)
+    return sd, sorted({k.split('.')[0] for k in ck['models']} - set(keep))
+
+# %% ../nbs/09d_train.ipynb #3df8e082
+@patch
+def _load_moments(self:Trainer, ck:dict, old:TrainConfig):
+    "AdamW moments of the checkpoint `ck` (written by the run `old`) for this run's parameters of the same name."
     moments = _optimizer_state_by_name(ck, old, ck['num_classes'])
     for n, p in self.m.named_parameters():
         if n in moments:
             self.opt.state[p] = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in moments[n].items()}
+
+# %% ../nbs/09d_train.ipynb #363d9e7e
+@patch
+def _branch(self:Trainer, path):
+    "Start from another run's checkpoint `path` (see `TrainConfig.init_from`); returns its path."
+    path = Path(path)
+    ck = self._branch_checkpoint(path)
+    old = config_from_dict(ck['config'])
+    sd, dropped = self._branch_weights(ck)
+    self.it, self.best = int(ck['iteration']), float(ck['best'])
+    self._load_models(sd, path)
+    self._load_moments(ck, old)
     self.scaler.load_state_dict(ck['scaler'])
     self._restore_run(ck)
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
-    dropped = sorted({k.split('.')[0] for k in ck['models']} - set(keep))
-    if self.main:
-        self.log(f"branched from {path} at iteration {it}" + (f" (dropped {', '.join(dropped)})" if dropped else ''))
+    note = f" (dropped {', '.join(dropped)})" if dropped else ''
+    if self.main: self.log(f"branched from {path} at iteration {self.it}{note}")
     return path
 
 # %% ../nbs/09d_train.ipynb #0f204ebe
@@ -349,25 +384,44 @@ def _check_finite(self:Trainer, loss, logs, phase):
                              f"{' (also ' + ', '.join(bad[1:]) + ')' if bad[1:] else ''}; stopped without saving"
                              + (f"; the last good checkpoint {last} is kept" if last.is_file() else ''))
 
-# %% ../nbs/09d_train.ipynb #70b80547
+# %% ../nbs/09d_train.ipynb #8ceed229
 @patch
-def train_step(self:Trainer, phase):
-    "One iteration of `phase`: batches, forward under autocast, backward, optimizer step, EMA -> logs (detached)."
+def _epoch_action(self:Trainer):
+    "The schedule's action at the start of the current iteration: start the teacher, reset the student, or nothing."
     act = self.sched.action(self.it, self.cfg.reset_student)
     if act == 'start_teacher': start_teacher(self.m)
     elif act == 'reset_student': reset_student_to_teacher(self.m)
+
+# %% ../nbs/09d_train.ipynb #68015edb
+@patch
+def _draw_batches(self:Trainer, phase:str) -> tuple:
+    "(labelled batch, unlabelled batch or None) of the current iteration of `phase`, on the run's device."
     lab = self._loader('lab')
     # the supervised baseline never loads unlabelled batches
     wants_unlab = phase == '2' and self.data.unlabelled is not None and self.m.filter != 'supervised'
     unlab = self._loader('unlab') if wants_unlab else None
-    with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-        loss, logs = self.step('1b' if phase == '2' and unlab is None else phase, lab, unlab)
-    self._check_finite(loss, logs, phase)
+    return lab, unlab
+
+# %% ../nbs/09d_train.ipynb #29e4c325
+@patch
+def _optimizer_step(self:Trainer, loss:torch.Tensor):
+    "Backward of `loss` and the AdamW step, through the grad scaler."
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()
     fill_zero_grads(self.opt)            # AdamW sees what the official torch 1.11 loop gave it (07_stage1)
     self.scaler.step(self.opt)
     self.scaler.update()
+
+# %% ../nbs/09d_train.ipynb #70b80547
+@patch
+def train_step(self:Trainer, phase):
+    "One iteration of `phase`: batches, forward under autocast, backward, optimizer step, EMA -> logs (detached)."
+    self._epoch_action()
+    lab, unlab = self._draw_batches(phase)
+    with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        loss, logs = self.step('1b' if phase == '2' and unlab is None else phase, lab, unlab)
+    self._check_finite(loss, logs, phase)
+    self._optimizer_step(loss)
     if phase == '2': ema_update(self.m.teacher, self.m.student, self.cfg.ema)
     self.it += 1
     return {'loss': loss.detach(), **logs}
@@ -416,15 +470,21 @@ def _save_best(self:Trainer, st):
         except OSError: pass                                          # no hard links here: write the weights
     save_checkpoint(st, best, keep_prev=False)
 
+# %% ../nbs/09d_train.ipynb #c4655888
+@patch
+def _evaluate(self:Trainer, mode='full') -> dict:
+    "`evaluate` of the run's networks on the validation split (this rank's share), BatchNorm buffers synced first."
+    sync_bn_buffers(self.m)
+    dl = eval_loader(self.data.val, self.cfg.eval_batch_size, self.cfg.num_workers, _size(self.cfg.val_resize),
+                     self.rank, self.ws)
+    return evaluate(self.m, dl, self.data.info, self.device, self.amp, mode, _size(self.cfg.crop) or (321, 321),
+                    self.cfg.eln_threshold, self.cl)
+
 # %% ../nbs/09d_train.ipynb #baa508ea
 @patch
 def validate(self:Trainer, mode='full'):
     "Evaluate student, teacher and ELN on the validation split; update best.pt; returns the scores."
-    sync_bn_buffers(self.m)
-    dl = eval_loader(self.data.val, self.cfg.eval_batch_size, self.cfg.num_workers, _size(self.cfg.val_resize),
-                     self.rank, self.ws)
-    r = evaluate(self.m, dl, self.data.info, self.device, self.amp, mode, _size(self.cfg.crop) or (321, 321),
-                 self.cfg.eln_threshold, self.cl)
+    r = self._evaluate(mode)
     self._record({'kind': 'val', 'iter': self.it, 'phase': self.sched.phase(max(self.it - 1, 0)),
                   **{k: v for k, v in r.items() if isinstance(v, float)}})
     score = r.get(self.cfg.best_metric, math.nan)
@@ -461,27 +521,33 @@ def _log_train(self:Trainer, logs:dict, bar):
     self._record({'kind': 'train', 'iter': self.it, 'phase': phase, **last, 'it_per_s': round(rate, 3),
                   'lr': self.opt.param_groups[-1]['lr'], 'backbone_lr': self.opt.param_groups[0]['lr']})
 
+# %% ../nbs/09d_train.ipynb #ea1f9e63
+@patch
+def _after_step(self:Trainer, phase:str, hi:int, logs:dict, bar):
+    "Logging, the phase's statistics, validation and checkpoints due after an iteration of `phase` (ending at `hi`)."
+    c, s = self.cfg, self.sched
+    if self.it % c.log_every == 0 or self.it == hi: self._log_train(logs, bar)
+    if self.it == hi:                                  # the phase's statistics, as its last checkpoint saves them
+        self.phase_stats[phase] = self._run_stats()['phases'][phase]
+        self._cur = None
+    if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:   # and at the end of stage 1
+        self.validate()
+    if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every
+                                                                           and self.it % c.keep_every == 0):
+        self.checkpoint()
+
 # %% ../nbs/09d_train.ipynb #bb510aaf
 @patch
 def _run_phase(self:Trainer, phase:str, lo:int, hi:int):
     "Iterations from `self.it` to `hi` of `phase` (which spans `lo`..`hi`), validating and checkpointing when due."
     from tqdm.auto import tqdm
-    c, s = self.cfg, self.sched
-    bar = tqdm(total=hi - lo, initial=self.it - lo, desc=f'phase {phase}', disable=not (self.main and c.progress),
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(total=hi - lo, initial=self.it - lo, desc=f'phase {phase}',
+               disable=not (self.main and self.cfg.progress), dynamic_ncols=True, leave=True)
     self._cur = (phase, time.time(), self.it, {})
     while self.it < hi:
         logs = self.train_step(phase)
         bar.update(1)
-        if self.it % c.log_every == 0 or self.it == hi: self._log_train(logs, bar)
-        if self.it == hi:                                  # the phase's statistics, as its last checkpoint saves them
-            self.phase_stats[phase] = self._run_stats()['phases'][phase]
-            self._cur = None
-        if (c.eval_every and self.it % c.eval_every == 0) or self.it == s.warm < s.total:   # and at the end of stage 1
-            self.validate()
-        if self.it == hi or (c.ckpt_every and self.it % c.ckpt_every == 0) or (c.keep_every
-                                                                               and self.it % c.keep_every == 0):
-            self.checkpoint()
+        self._after_step(phase, hi, logs, bar)
     bar.close()
 
 # %% ../nbs/09d_train.ipynb #28e38e81
@@ -497,13 +563,19 @@ def best_lines(rep:dict) -> list:
                           f"to {fin:.3f}; best.pt holds the best model")
     return L
 
-# %% ../nbs/09d_train.ipynb #686bbd5e
-def summary_table(rep:dict) -> str:
-    "The end-of-run table: phases, then validation scores per class."
+# %% ../nbs/09d_train.ipynb #21ff3acb
+def _phase_rows(rep:dict) -> list:
+    "The header and one row per phase of the report `rep`: iterations, seconds, iterations per second, last losses."
     L = [f"{'phase':<7}{'iters':>7}{'time s':>9}{'it/s':>8}  last losses"]
     for ph, s in rep.get('phases', {}).items():
         losses = ' '.join(f"{k}={s[k]:.3f}" for k in ('sup', 'aux', 'eln', 'st', 'con') if k in s)
         L.append(f"{ph:<7}{s['iters']:>7}{s['time_s']:>9.1f}{s['it_per_s']:>8.2f}  {losses}")
+    return L
+
+# %% ../nbs/09d_train.ipynb #686bbd5e
+def summary_table(rep:dict) -> str:
+    "The end-of-run table: phases, then validation scores per class."
+    L = _phase_rows(rep)
     L += ['', f"{'class':<20}{'student IoU':>12}{'teacher IoU':>12}"]
     tch = rep.get('teacher_per_class_iou', {})
     for n, v in rep['per_class_iou'].items(): L.append(f"{n:<20}{v:>12.3f}{tch.get(n, math.nan):>12.3f}")
@@ -517,22 +589,28 @@ def summary_table(rep:dict) -> str:
           f"device {rep['device']} x{rep['world_size']}  amp {rep['amp']}"]
     return '\n'.join(L)
 
+# %% ../nbs/09d_train.ipynb #e248d453
+@patch
+def _run_report(self:Trainer, r:dict) -> dict:
+    "The report of the run from its last validation scores `r` (`report.json`)."
+    run, m = self._run_stats(), self.cfg.best_metric
+    return {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best,
+            'best_iteration': run['best_iteration'],
+            'stage1_' + m: (run['stage1'] or {}).get(m, math.nan),
+            'stage1_iteration': (run['stage1'] or {}).get('iteration'),
+            'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
+            'peak_memory_mb': round(peak_memory_mb(self.device), 1),
+            'device': str(self.device), 'world_size': self.ws,
+            'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
+            'resumed_from': str(self.resumed_from) if self.resumed_from else None,
+            'classes': list(self.data.info.classes)}
+
 # %% ../nbs/09d_train.ipynb #20ad470a
 @patch
 def finish(self:Trainer) -> dict:
     "Final validation (unless it just ran), report.json and the summary table."
     r = self.last_eval[1] if getattr(self, 'last_eval', (None,))[0] == self.it else self.validate()
-    run, m = self._run_stats(), self.cfg.best_metric
-    rep = {**r, 'iterations': self.it, 'best_metric': m, 'best_' + m: self.best,
-           'best_iteration': run['best_iteration'],
-           'stage1_' + m: (run['stage1'] or {}).get(m, math.nan),
-           'stage1_iteration': (run['stage1'] or {}).get('iteration'),
-           'phases': run['phases'], 'wall_time_s': run['wall_time_s'], 'sessions': run['sessions'],
-           'peak_memory_mb': round(peak_memory_mb(self.device), 1),
-           'device': str(self.device), 'world_size': self.ws,
-           'amp': str(self.amp).replace('torch.', '') if self.amp else 'off',
-           'resumed_from': str(self.resumed_from) if self.resumed_from else None,
-           'classes': list(self.data.info.classes)}
+    rep = self._run_report(r)
     if self.main:
         (self.out/'report.json').write_text(json.dumps(rep, indent=1))
         if self._writer() is not None: self._writer().flush()
