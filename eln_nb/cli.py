@@ -348,6 +348,14 @@ def _eval_data(a) -> tuple:
     if a.limit: ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
     return m, cfg, info, name, ds
 
+# %% ../nbs/11_cli.ipynb #7db2b558
+def _eval_device(a, m) -> tuple:
+    "(device, autocast dtype or None) of `--device` and `--amp`; the models `m` are moved to that device."
+    dev = resolve_device(a.device)
+    amp = resolve_amp(a.amp, dev)
+    m.to(dev)
+    return dev, amp
+
 # %% ../nbs/11_cli.ipynb #33fba6e4
 def eval_main(argv=None):
     "Console script `eln_nb_eval`."
@@ -356,9 +364,7 @@ def eval_main(argv=None):
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"eln_nb_eval: error: {e}", file=sys.stderr)
         return 2
-    dev = resolve_device(a.device)
-    amp = resolve_amp(a.amp, dev)
-    m.to(dev)
+    dev, amp = _eval_device(a, m)
     window = _eval_window(a, cfg)
     modes, size = _eval_modes(a, cfg)
     thr = cfg.eln_threshold
