@@ -24,6 +24,16 @@ __all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'run_models', 'ImageResult', '
            'load_models', 'checkpoint_dataset', 'ErrorAnalyzer', 'overlay', 'class_legend', 'outcome_map', 'eln_panel',
            'aux_panel', 'fig_png', 'pr_figure', 'filter_figure', 'ErrorExplorer', 'save_panels']
 
+# %% ../nbs/10_viz.ipynb #aaaf32ca
+def _all_logits(m, x:torch.Tensor, # [1,3,H,W] normalised image
+                teacher:bool=False) -> dict: # decoder -> [1,C,H/4,W/4] logits
+    "The logits of the main decoder, of each auxiliary decoder and (if `teacher`) of the teacher; one encoder pass."
+    high, low = m.student.encode(x)
+    zs = {'main': m.student.decode(high, low, dropout=False)[0]}
+    if m.aux is not None: zs.update({f'aux{k+1}': z for k, z in enumerate(m.aux(high, low, dropout=False))})
+    if teacher: zs['teacher'] = m.teacher(x, dropout=False)[0]
+    return zs
+
 # %% ../nbs/10_viz.ipynb #ac5d79eb
 @torch.no_grad()
 def run_models(m, x:torch.Tensor, # [1,3,H,W] normalised image
@@ -32,10 +42,7 @@ def run_models(m, x:torch.Tensor, # [1,3,H,W] normalised image
     was = m.training
     m.eval()
     try:
-        size, (high, low) = x.shape[-2:], m.student.encode(x)
-        zs = {'main': m.student.decode(high, low, dropout=False)[0]}
-        if m.aux is not None: zs.update({f'aux{k+1}': z for k, z in enumerate(m.aux(high, low, dropout=False))})
-        if teacher: zs['teacher'] = m.teacher(x, dropout=False)[0]
+        size, zs = x.shape[-2:], _all_logits(m, x, teacher)
         e = {}
         if m.eln is not None and getattr(m, 'filter', 'eln') == 'eln':
             out = m.eln(x.repeat(len(zs), 1, 1, 1), torch.cat(list(zs.values())), dropout=False)
@@ -59,12 +66,17 @@ class ImageResult:
     def valid(self):
         "Labelled pixels [H,W] bool."
         return self.label != self.ignore_index
-    def error(self, d='main'):
-        "True error map [H,W] bool: wrong on a labelled pixel."
-        return (self.pred(d) != self.label) & self.valid()
-    def error_rate(self, d='main'):
-        "Fraction of labelled pixels predicted wrongly."
-        return self.error(d).sum().item() / max(1, self.valid().sum().item())
+
+# %% ../nbs/10_viz.ipynb #2941b627
+@patch
+def error(self:ImageResult, d='main'):
+    "True error map [H,W] bool: wrong on a labelled pixel."
+    return (self.pred(d) != self.label) & self.valid()
+
+@patch
+def error_rate(self:ImageResult, d='main'):
+    "Fraction of labelled pixels predicted wrongly."
+    return self.error(d).sum().item() / max(1, self.valid().sum().item())
 
 # %% ../nbs/10_viz.ipynb #f6d76510
 @patch
@@ -90,6 +102,7 @@ def eln_error_prob(self:ImageResult, d='main'):
     "ELN error probability 1 - sigmoid(ELN) [H,W]."
     return torch.sigmoid(-self._eln(d))
 
+# %% ../nbs/10_viz.ipynb #1f2e9f52
 @patch
 def eln_keep(self:ImageResult, d='main', threshold:float=0.5):
     "ELN mask [H,W] bool: keep where sigmoid(ELN) >= threshold."
@@ -160,15 +173,19 @@ class ErrorAnalyzer:
         aux = [f'aux{k+1}' for k in range(len(models.aux or []))]
         self.decoders = ['main'] + aux + (['teacher'] if teacher else [])
     def __len__(self): return len(self.ds)
-    def __getitem__(self, i) -> ImageResult:
-        if i not in self.cache:
-            s = self.ds[i]
-            x, y = self.view(s)
-            logits, eln = run_models(self.m, x[None].to(self.device), self.teacher)
-            rgb = denormalize(x).clamp(0, 1).permute(1, 2, 0)
-            ignore = self.info.ignore_index if self.info else 255
-            self.cache[i] = ImageResult(s.get('name', str(i)), rgb, y, logits, eln, ignore)
-        return self.cache[i]
+
+# %% ../nbs/10_viz.ipynb #c5167f06
+@patch
+def __getitem__(self:ErrorAnalyzer, i) -> ImageResult:
+    "The `ImageResult` of image `i`, run through the models once and cached."
+    if i not in self.cache:
+        s = self.ds[i]
+        x, y = self.view(s)
+        logits, eln = run_models(self.m, x[None].to(self.device), self.teacher)
+        rgb = denormalize(x).clamp(0, 1).permute(1, 2, 0)
+        ignore = self.info.ignore_index if self.info else 255
+        self.cache[i] = ImageResult(s.get('name', str(i)), rgb, y, logits, eln, ignore)
+    return self.cache[i]
 
 # %% ../nbs/10_viz.ipynb #70f4bd4f
 @patch
@@ -184,6 +201,7 @@ def curves(self:ErrorAnalyzer, decoder='main', idxs=None, methods=('eln', 'entro
     err = cat(lambda r: r.error(decoder))
     return {m: pr_curve(cat(lambda r: error_score(r, decoder, m)), err) for m in methods}
 
+# %% ../nbs/10_viz.ipynb #5203ca01
 @patch
 def pooled(self:ErrorAnalyzer, decoder='main', threshold:float=0.5, idxs=None) -> dict:
     "Image-averaged and pooled P/R/F1 of the ELN mask over images `idxs` (`metrics.ErrorLocalizationMeter`)."
@@ -285,6 +303,15 @@ def eln_panel(r:ImageResult, info:DatasetInfo, decoder='main', threshold:float=0
     fig.subplots_adjust(left=0.02, right=0.97, top=0.88, bottom=0.13, wspace=0.25, hspace=0.35)
     return fig
 
+# %% ../nbs/10_viz.ipynb #0ce47467
+def _aux_column(col, r:ImageResult, d:str, pal, red, threshold:float, alpha:float):
+    "Decoder `d`'s column of the auxiliary-decoder panel: prediction, true errors, and (a third axis) the ELN on it."
+    _show(col[0], overlay(r.rgb, colorize(r.pred(d), pal), alpha), f'{d}: prediction')
+    _show(col[1], overlay(r.rgb, red, alpha, r.error(d)), f'{d}: errors {100 * r.error_rate(d):.1f}%')
+    if len(col) > 2:
+        _show(col[2], r.eln_error_prob(d), f"ELN on {d}: F1 {r.scores(d, threshold)['f1']:.2f}", cmap='magma',
+              vmin=0, vmax=1)
+
 # %% ../nbs/10_viz.ipynb #347cb0a8
 def aux_panel(r:ImageResult, info:DatasetInfo, decoders=None, threshold:float=0.5, alpha:float=0.6) -> Figure:
     "Each decoder side by side: prediction, true errors with the error rate, and the ELN's error probability on it."
@@ -293,12 +320,7 @@ def aux_panel(r:ImageResult, info:DatasetInfo, decoders=None, threshold:float=0.
     fig = Figure(figsize=(3 * len(ds), 8.4 if has_eln else 5.8))
     axs = fig.subplots(3 if has_eln else 2, len(ds), squeeze=False)
     red = np.full(r.rgb.shape, (220, 30, 30), np.uint8)
-    for j, d in enumerate(ds):
-        _show(axs[0, j], overlay(r.rgb, colorize(r.pred(d), info.palette), alpha), f'{d}: prediction')
-        _show(axs[1, j], overlay(r.rgb, red, alpha, r.error(d)), f'{d}: errors {100 * r.error_rate(d):.1f}%')
-        if has_eln:
-            _show(axs[2, j], r.eln_error_prob(d), f"ELN on {d}: F1 {r.scores(d, threshold)['f1']:.2f}", cmap='magma',
-                  vmin=0, vmax=1)
+    for j, d in enumerate(ds): _aux_column(axs[:, j], r, d, info.palette, red, threshold, alpha)
     fig.suptitle(f'{r.name}: main and auxiliary decoders', fontsize=10)
     class_legend(fig, info)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.1, wspace=0.1, hspace=0.3)
@@ -314,6 +336,13 @@ def fig_png(fig:Figure, dpi:int=80) -> bytes:
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
+# %% ../nbs/10_viz.ipynb #8e0a5f1e
+def _eln_point(ax, c:dict, col, eln_threshold:float):
+    "Circle the ELN mask at `eln_threshold` on the ELN's `pr_curve` `c`: its last point with error prob > 1 - t."
+    i = int((c['threshold'] > 1 - eln_threshold).sum()) - 1
+    if i >= 0: ax.plot(c['recall'][i], c['precision'][i], 'o', mfc='none', c=col, ms=9,
+                       label=f"ELN at {eln_threshold:.2f}: F1 {c['f1'][i]:.3f}")
+
 # %% ../nbs/10_viz.ipynb #e394354c
 def pr_figure(curves:dict, # method -> `pr_curve`
               eln_threshold:float=0.5, title='error localization') -> Figure:
@@ -324,16 +353,30 @@ def pr_figure(curves:dict, # method -> `pr_curve`
         b = best_f1(c)
         ax.plot(c['recall'], c['precision'], c=col, label=f"{LABELS.get(m, m)}: best F1 {b['f1']:.3f}")
         ax.plot(b['recall'], b['precision'], '*', c=col, ms=11)
-        if m == 'eln':
-            # last point with error prob > 1 - t: the ELN mask at t
-            i = int((c['threshold'] > 1 - eln_threshold).sum()) - 1
-            if i >= 0: ax.plot(c['recall'][i], c['precision'][i], 'o', mfc='none', c=col, ms=9,
-                               label=f"ELN at {eln_threshold:.2f}: F1 {c['f1'][i]:.3f}")
+        if m == 'eln': _eln_point(ax, c, col, eln_threshold)
     ax.set(xlabel='recall (of the true errors)', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='upper right')
     fig.tight_layout()
     return fig
+
+# %% ../nbs/10_viz.ipynb #04ea9746
+def _filter_maps(ex, t:float) -> tuple:
+    "(label, prediction, palette, teacher wrong, ELN keeps (> `t`), pseudo label) of a filter-figure example `ex`."
+    y, pred, pal = ex['label'].astype(np.int64), ex['pred'].astype(np.int64), ex['palette']
+    wrong = (pred != y) & (y != 255)
+    keep = ex['eln'].astype(np.float32) > t
+    pseudo = np.where(keep, pred, 255)
+    return y, pred, pal, wrong, keep, pseudo
+
+# %% ../nbs/10_viz.ipynb #208ea0c1
+def _filter_bottom(axs, ex, y, pal, wrong, keep, pseudo):
+    "Entropy, ELN error probability and the pseudo label with the share kept and the share of it that is right."
+    _show(axs[0], ex['ent'].astype(np.float32), 'entropy (normalised)', cmap='magma', vmin=0, vmax=1)
+    _show(axs[1], 1 - ex['eln'].astype(np.float32), 'ELN error probability', cmap='magma', vmin=0, vmax=1)
+    kept_right = (keep & ~wrong & (y != 255)).sum() / max((keep & (y != 255)).sum(), 1)
+    _show(axs[2], colorize(pseudo, pal),
+          f'pseudo label after the ELN\n{100 * keep.mean():.0f}% kept, {100 * kept_right:.0f}% of them right')
 
 # %% ../nbs/10_viz.ipynb #ed209c2d
 def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = void), eln (keep prob.), ent, palette
@@ -341,20 +384,13 @@ def filter_figure(ex, # arrays: image [H,W,3] uint8, label, pred [H,W] (255 = vo
     "Image, teacher prediction, its errors, entropy, ELN error probability and the ELN-filtered pseudo label."
     ex = dict(ex)
     t = float(ex.get('eln_threshold', 0.5)) if threshold is None else threshold
-    y, pred, pal = ex['label'].astype(np.int64), ex['pred'].astype(np.int64), ex['palette']
-    wrong = (pred != y) & (y != 255)
-    keep = ex['eln'].astype(np.float32) > t
-    pseudo = np.where(keep, pred, 255)
+    y, pred, pal, wrong, keep, pseudo = _filter_maps(ex, t)
     fig = Figure(figsize=figsize)
     axs = fig.subplots(2, 3)
     _show(axs[0, 0], ex['image'], 'image')
     _show(axs[0, 1], colorize(pred, pal), 'teacher prediction')
     _show(axs[0, 2], wrong, f'teacher wrong: {100 * wrong.mean():.0f}% of pixels', cmap='gray')
-    _show(axs[1, 0], ex['ent'].astype(np.float32), 'entropy (normalised)', cmap='magma', vmin=0, vmax=1)
-    _show(axs[1, 1], 1 - ex['eln'].astype(np.float32), 'ELN error probability', cmap='magma', vmin=0, vmax=1)
-    kept_right = (keep & ~wrong & (y != 255)).sum() / max((keep & (y != 255)).sum(), 1)
-    _show(axs[1, 2], colorize(pseudo, pal),
-          f'pseudo label after the ELN\n{100 * keep.mean():.0f}% kept, {100 * kept_right:.0f}% of them right')
+    _filter_bottom(axs[1], ex, y, pal, wrong, keep, pseudo)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.05, hspace=0.22)
     return fig
 
@@ -373,10 +409,12 @@ class ErrorExplorer:
         self.controls = (self.image, self.decoder, self.threshold, self.alpha)
         self.metrics, self.panel = W.HTML(), W.Image(format='png')
 
-    def state(self) -> dict:
-        "The controls' values."
-        return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value,
-                'alpha': self.alpha.value}
+# %% ../nbs/10_viz.ipynb #a626ef3c
+@patch
+def state(self:ErrorExplorer) -> dict:
+    "The controls' values."
+    return {'index': self.image.value, 'decoder': self.decoder.value, 'threshold': self.threshold.value,
+            'alpha': self.alpha.value}
 
 # %% ../nbs/10_viz.ipynb #86e36a96
 @patch
@@ -417,6 +455,18 @@ def set(self:ErrorExplorer, **kw):
 @patch
 def _repr_mimebundle_(self:ErrorExplorer, **kw): return self.widget._repr_mimebundle_(**kw)
 
+# %% ../nbs/10_viz.ipynb #81babbec
+def _image_panels(a:ErrorAnalyzer, i:int, out:Path, decoder='main', threshold:float=0.5, alpha:float=0.6,
+                  dpi:int=100) -> list:
+    "Write image `i`'s `<name>_eln.png` and `<name>_aux.png` to the folder `out` -> their paths."
+    r = a[i]
+    paths = []
+    for kind, fig in (('eln', eln_panel(r, a.info, decoder, threshold, alpha)),
+                      ('aux', aux_panel(r, a.info, None, threshold, alpha))):
+        paths.append(out / f'{r.name}_{kind}.png')
+        fig.savefig(paths[-1], dpi=dpi)
+    return paths
+
 # %% ../nbs/10_viz.ipynb #9bdd3ba5
 def save_panels(a:ErrorAnalyzer, out, n:int=None, decoder='main', threshold:float=0.5, alpha:float=0.6,
                 dpi:int=100) -> list:
@@ -424,12 +474,7 @@ def save_panels(a:ErrorAnalyzer, out, n:int=None, decoder='main', threshold:floa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     idxs, paths = range(min(n or len(a), len(a))), []
-    for i in idxs:
-        r = a[i]
-        for kind, fig in (('eln', eln_panel(r, a.info, decoder, threshold, alpha)),
-                          ('aux', aux_panel(r, a.info, None, threshold, alpha))):
-            paths.append(out / f'{r.name}_{kind}.png')
-            fig.savefig(paths[-1], dpi=dpi)
+    for i in idxs: paths += _image_panels(a, i, out, decoder, threshold, alpha, dpi)
     paths.append(out / 'pr_curve.png')
     pr_figure(a.curves(decoder, idxs), threshold,
               f'error localization of {decoder}, {len(idxs)} images').savefig(paths[-1], dpi=dpi)

@@ -10,20 +10,19 @@ import argparse, sys, time
 from pathlib import Path
 from .viz import ErrorAnalyzer, save_panels, best_f1, load_models
 
-# %% ../nbs/11a_viz_cli.ipynb #6ff10083
-def viz_parser(prog='eln_nb_viz') -> argparse.ArgumentParser:
-    "The options of `eln_nb_viz`."
-    p = argparse.ArgumentParser(prog=prog,
-                                description="Draw what the ELN sees for a checkpoint: per image, an ELN panel "
-        "(<name>_eln.png) and an auxiliary-decoder panel (<name>_aux.png); over all images, pr_curve.png (ELN vs "
-        "entropy vs "
-        "confidence). Models in eval mode, no gradients.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# %% ../nbs/11a_viz_cli.ipynb #e8a77d9e
+def _add_source_args(p):
+    "The options of `eln_nb_viz` that say what to look at: the checkpoint, the dataset, its folder and split."
     p.add_argument('--ckpt', required=True, help="checkpoint written by eln_nb_train (last.pt, best.pt or iter_*.pt)")
     p.add_argument('--data', default=None,
                    help="synthetic (needs no files), camvid, voc, cityscapes or folder; default: the run's dataset")
     p.add_argument('--root', default=None,
                    help="dataset folder (default: the run's data_root, or the dataset's default)")
     p.add_argument('--split', default='val', help="dataset split to draw from")
+
+# %% ../nbs/11a_viz_cli.ipynb #a6284593
+def _add_drawing_args(p):
+    "The options of `eln_nb_viz` that say what to draw and where: output folder, images, decoder, threshold, looks."
     p.add_argument('--out', required=True, help="folder for the PNG files (created)")
     p.add_argument('--n', type=int, default=4, help="number of images (the first N of the split)")
     p.add_argument('--decoder', default='main',
@@ -33,7 +32,37 @@ def viz_parser(prog='eln_nb_viz') -> argparse.ArgumentParser:
     p.add_argument('--alpha', type=float, default=0.6, help="overlay opacity")
     p.add_argument('--dpi', type=int, default=100, help="resolution of the PNG files")
     p.add_argument('--device', default='cpu', help="cpu, cuda or cuda:N")
+
+# %% ../nbs/11a_viz_cli.ipynb #6ff10083
+def viz_parser(prog='eln_nb_viz') -> argparse.ArgumentParser:
+    "The options of `eln_nb_viz`."
+    p = argparse.ArgumentParser(prog=prog,
+                                description="Draw what the ELN sees for a checkpoint: per image, an ELN panel "
+        "(<name>_eln.png) and an auxiliary-decoder panel (<name>_aux.png); over all images, pr_curve.png (ELN vs "
+        "entropy vs "
+        "confidence). Models in eval mode, no gradients.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_source_args(p)
+    _add_drawing_args(p)
     return p
+
+# %% ../nbs/11a_viz_cli.ipynb #94f1c6f8
+def _viz_analyzer(ns, loader) -> tuple:
+    "(`ErrorAnalyzer` over the first `ns.n` images, the run's config) of checkpoint `ns.ckpt`, loaded once by `loader`."
+    m, cfg, info = loader(ns.ckpt, ns.device)
+    a = ErrorAnalyzer.from_checkpoint(ns.ckpt, ns.data, ns.root, ns.split, ns.n, device=ns.device,
+                                      loader=lambda *_: (m, cfg, info))
+    return a, cfg
+
+# %% ../nbs/11a_viz_cli.ipynb #7b9e7908
+def _print_scores(a, decoder:str, n:int, thr:float):
+    "Print each of the first `n` images' error rate and ELN scores at `thr`, then each method's best F1 over them."
+    for i in range(min(n, len(a))):
+        r = a[i]
+        s = r.scores(decoder, thr)
+        print(f"{r.name}: error rate {100 * r.error_rate(decoder):5.1f}%  ELN@{thr:.2f} P {s['precision']:.3f} R "
+              f"{s['recall']:.3f} F1 {s['f1']:.3f}")
+    best = {k: best_f1(c)['f1'] for k, c in a.curves(decoder, range(min(n, len(a)))).items()}
+    print("best F1 over thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()))
 
 # %% ../nbs/11a_viz_cli.ipynb #8b316738
 def viz_main(argv=None, loader=load_models) -> int:
@@ -41,23 +70,14 @@ def viz_main(argv=None, loader=load_models) -> int:
     ns = viz_parser().parse_args(argv)
     t0 = time.time()
     if ns.n < 1: viz_parser().error(f"--n must be >= 1, got {ns.n}")
-    try:
-        m, cfg, info = loader(ns.ckpt, ns.device)
-        a = ErrorAnalyzer.from_checkpoint(ns.ckpt, ns.data, ns.root, ns.split, ns.n, device=ns.device,
-                                          loader=lambda *_: (m, cfg, info))
+    try: a, cfg = _viz_analyzer(ns, loader)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"eln_nb_viz: error: {e}", file=sys.stderr)
         return 2
     if ns.decoder not in a.decoders: viz_parser().error(f"--decoder {ns.decoder!r}: this checkpoint has {a.decoders}")
     thr = cfg.eln_threshold if ns.threshold is None else ns.threshold
     paths = save_panels(a, ns.out, ns.n, ns.decoder, thr, ns.alpha, ns.dpi)
-    for i in range(min(ns.n, len(a))):
-        r = a[i]
-        s = r.scores(ns.decoder, thr)
-        print(f"{r.name}: error rate {100 * r.error_rate(ns.decoder):5.1f}%  ELN@{thr:.2f} P {s['precision']:.3f} R "
-              f"{s['recall']:.3f} F1 {s['f1']:.3f}")
-    best = {k: best_f1(c)['f1'] for k, c in a.curves(ns.decoder, range(min(ns.n, len(a)))).items()}
-    print("best F1 over thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()))
+    _print_scores(a, ns.decoder, ns.n, thr)
     print(f"wrote {len(paths)} PNG files to {ns.out} in {time.time() - t0:.1f} s")
     return 0
 
