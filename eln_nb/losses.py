@@ -117,6 +117,15 @@ def _windows_mean(t, s, y, keep, wh:int, ww:int, ys:list, xs:list, C:int, tau:fl
         ls.append(_window_contrast(tw, sw, yw, kw.float(), C, tau))
     return torch.stack(ls).mean()
 
+# %% ../nbs/05_losses.ipynb #f89dc56e
+def _check_maps(f_teacher, f_student, pseudo, keep) -> tuple:
+    "(B, d, h, w) when f_teacher, f_student are [B,d,h,w] and pseudo, keep are [B,h,w]; else a ValueError with all four."
+    B, D, H, W = f_teacher.shape
+    if f_student.shape != f_teacher.shape or pseudo.shape != (B, H, W) or keep.shape != (B, H, W):
+        raise ValueError(f"shapes differ: {tuple(f_teacher.shape)}, {tuple(f_student.shape)}, {tuple(pseudo.shape)}, "
+                         f"{tuple(keep.shape)}")
+    return B, D, H, W
+
 # %% ../nbs/05_losses.ipynb #c4c2b245
 def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,d,h,w] teacher embeddings: anchors (no gradient)
                            f_student:torch.Tensor, # [B,d,h,w] student embeddings: positives and negatives
@@ -127,10 +136,7 @@ def pixel_contrastive_loss(f_teacher:torch.Tensor, # [B,d,h,w] teacher embedding
                            # scalar; compact: drop unkept pixels before E (None: on the CPU only)
                            compact:bool=None) -> torch.Tensor:
     "The official windowed, per-class aggregated InfoNCE with teacher anchors and student positives/negatives."
-    B, D, H, W = f_teacher.shape
-    if f_student.shape != f_teacher.shape or pseudo.shape != (B, H, W) or keep.shape != (B, H, W):
-        raise ValueError(f"shapes differ: {tuple(f_teacher.shape)}, {tuple(f_student.shape)}, {tuple(pseudo.shape)}, "
-                         f"{tuple(keep.shape)}")
+    B, D, H, W = _check_maps(f_teacher, f_student, pseudo, keep)
     wh, ww, ys, xs = _draw_windows(H, W, windows, window_size, generator)
     keep, y, C = _kept_classes(pseudo, keep)
     if compact is None: compact = f_student.device.type == 'cpu'   # GPU: fixed shapes, no host sync
