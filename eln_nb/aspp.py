@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from .cpu_kernels import Dropout, AtrousConv2d
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['conv_bn_relu', 'init_kaiming', 'aspp_rates', 'ASPP']
@@ -18,6 +19,7 @@ def conv_bn_relu(cin, cout, k=1, dilation=1):
                                                                        dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
+# %% ../nbs/02_aspp.ipynb #9d5a460d
 def init_kaiming(module):
     "Official init of ASPP/decoder: kaiming_normal conv weights, BN weight 1 / bias 0"
     for m in module.modules():
@@ -27,6 +29,7 @@ def init_kaiming(module):
             nn.init.zeros_(m.bias)
     return module
 
+# %% ../nbs/02_aspp.ipynb #e9994abd
 def aspp_rates(output_stride=16, base=(6, 12, 18)):
     "Dilation rates of the 3x3 branches: (6,12,18) at output stride 16, doubled at 8"
     return tuple(r * 16 // output_stride for r in base)
@@ -44,7 +47,9 @@ class ASPP(nn.Module):
         self.dropout = Dropout(dropout)
         init_kaiming(self)
 
-    def forward(self, x, dropout=True): # dropout=False: the official gt_mode (Dropout skipped, BN untouched)
-        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])  # = bilinear upsampling of a 1x1 map
-        y = self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
-        return self.dropout(y) if dropout else y
+# %% ../nbs/02_aspp.ipynb #da61ac1e
+@patch
+def forward(self:ASPP, x, dropout=True): # dropout=False: the official gt_mode (Dropout skipped, BN untouched)
+    pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])  # = bilinear upsampling of a 1x1 map
+    y = self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
+    return self.dropout(y) if dropout else y

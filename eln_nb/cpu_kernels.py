@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['keep_mask', 'Dropout', 'tap_fraction', 'AtrousConv2d']
@@ -44,6 +45,22 @@ def tap_fraction(h, w, dilation) -> float:
     cols = sum(max(0, b - a) for a, b in (_inside(w, (k - 1) * dilation) for k in range(3)))
     return rows * cols / (9 * h * w)
 
+# %% ../nbs/02a_cpu_kernels.ipynb #9c7336ce
+def _tap_weight_grad(x, g, w, d):
+    "Gradient wrt w [O,C,3,3] of conv2d(x [B,C,H,W], w, padding=d, dilation=d), given g [B,O,H,W]; one matmul per tap"
+    H, W = x.shape[-2:]
+    gw = torch.zeros_like(w)
+    xs, gs = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)         # [B,H,W,C]: views for channels_last tensors
+    for ky in range(3):
+        (a, b), dy = _inside(H, (ky - 1) * d), (ky - 1) * d
+        for kx in range(3):
+            (c, e), dx = _inside(W, (kx - 1) * d), (kx - 1) * d
+            if a >= b or c >= e: continue
+            gs_tap = gs[:, a:b, c:e].reshape(-1, g.shape[1])                   # [N,O] at the tap's output positions
+            xs_tap = xs[:, a+dy:b+dy, c+dx:e+dx].reshape(-1, x.shape[1])       # [N,C] the input pixels they read
+            gw[:, :, ky, kx] = gs_tap.T @ xs_tap
+    return gw
+
 # %% ../nbs/02a_cpu_kernels.ipynb #4bd9ab1b
 class _AtrousConv3x3(torch.autograd.Function):
     "conv2d(x [B,C,H,W], w [O,C,3,3], padding=d, dilation=d) -> [B,O,H,W], with a backward that skips padding-only taps"
@@ -56,19 +73,10 @@ class _AtrousConv3x3(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        d, (H, W) = ctx.d, x.shape[-2:]
+        d = ctx.d
         gx = gw = None
         if ctx.needs_input_grad[0]: gx = F.conv2d(g, w.transpose(0, 1).flip(-1, -2), padding=d, dilation=d)
-        if ctx.needs_input_grad[1]:
-            gw = torch.zeros_like(w)
-            xs, gs = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)         # [B,H,W,C]: views for channels_last tensors
-            for ky in range(3):
-                (a, b), dy = _inside(H, (ky - 1) * d), (ky - 1) * d
-                for kx in range(3):
-                    (c, e), dx = _inside(W, (kx - 1) * d), (kx - 1) * d
-                    if a >= b or c >= e: continue
-                    gw[:, :, ky, kx] = gs[:, a:b, c:e].reshape(-1, g.shape[1]).T @ xs[:, a+dy:b+dy,
-                                                                                      c+dx:e+dx].reshape(-1, x.shape[1])
+        if ctx.needs_input_grad[1]: gw = _tap_weight_grad(x, g, w, d)
         return gx, gw, None
 
 # %% ../nbs/02a_cpu_kernels.ipynb #64d79605
@@ -80,12 +88,14 @@ class AtrousConv2d(nn.Conv2d):
         self.tapwise = (self.kernel_size == (3, 3) and self.bias is None and self.groups == 1
                         and self.dilation == (d, d) and self.padding == (d, d))
 
-    def forward(self, x):
-        d = self.dilation[0]
-        if not self.tapwise or x.device.type != 'cpu' or tap_fraction(*x.shape[-2:], d) >= 0.5:
-            return super().forward(x)
-        w = self.weight
-        if torch.is_autocast_enabled('cpu'):
-            dt = torch.get_autocast_dtype('cpu')
-            x, w = x.to(dt), w.to(dt)
-        with torch.autocast('cpu', enabled=False): return _AtrousConv3x3.apply(x, w, d)
+# %% ../nbs/02a_cpu_kernels.ipynb #759a8c0b
+@patch
+def forward(self:AtrousConv2d, x):
+    d = self.dilation[0]
+    if not self.tapwise or x.device.type != 'cpu' or tap_fraction(*x.shape[-2:], d) >= 0.5:
+        return super(AtrousConv2d, self).forward(x)
+    w = self.weight
+    if torch.is_autocast_enabled('cpu'):
+        dt = torch.get_autocast_dtype('cpu')
+        x, w = x.to(dt), w.to(dt)
+    with torch.autocast('cpu', enabled=False): return _AtrousConv3x3.apply(x, w, d)

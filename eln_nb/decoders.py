@@ -8,6 +8,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .backbones import ResNetEncoder
 from .aspp import ASPP, aspp_rates, conv_bn_relu, init_kaiming
 from .cpu_kernels import Dropout
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DeepLabV3PlusDecoder', 'head', 'Decoder', 'resnet_depth', 'SegModel', 'AuxDecoders']
@@ -29,6 +30,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         x = self.conv2(self.drop1(x) if dropout else x)
         return self.out(self.drop2(x) if dropout else x)
 
+# %% ../nbs/03_decoders.ipynb #5eabcd82
 def head(in_channels, out_channels, mid=256):
     "1x1 conv -> ReLU -> 1x1 conv (the Seg and Proj heads; PyTorch default init)"
     return nn.Sequential(nn.Conv2d(in_channels, mid, 1), nn.ReLU(inplace=True), nn.Conv2d(mid, out_channels, 1))
@@ -49,9 +51,11 @@ class Decoder(nn.Module):
         "The shared feature x_ [B,256,H/4,W/4]"
         return self.decoder(self.aspp(high, dropout), low, dropout)
 
-    def forward(self, high, low, dropout=True): # dropout=False: the official gt_mode
-        x = self.features(high, low, dropout)
-        return self.classifier(x), (None if self.projector is None else self.projector(x))
+# %% ../nbs/03_decoders.ipynb #c45b172e
+@patch
+def forward(self:Decoder, high, low, dropout=True): # dropout=False: the official gt_mode
+    x = self.features(high, low, dropout)
+    return self.classifier(x), (None if self.projector is None else self.projector(x))
 
 # %% ../nbs/03_decoders.ipynb #12f38fa3
 def resnet_depth(backbone):

@@ -8,6 +8,7 @@ import contextlib, functools
 import torch, torch.nn as nn, torch.nn.functional as F
 from .backbones import ResNetEncoder
 from .decoders import Decoder, resnet_depth
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['entropy_map', 'reset_shortcuts', 'ELN', 'per_source_bn']
@@ -45,13 +46,17 @@ class ELN(nn.Module):
         self.decoder = Decoder(out_channels, self.encoder.high_channels, self.encoder.low_channels, output_stride,
                                proj_dim=None, aspp_dropout=0.5)
 
-    def inputs(self, image, logits):
-        "[image (3), entropy (1), logits (C)] at image size: [B,3+1+C,H,W]; no gradient flows back into `logits`"
-        z = F.interpolate(logits.detach().float(), size=image.shape[-2:], mode='bilinear', align_corners=True)
-        return torch.cat([image.float(), entropy_map(z)[:, None], z], 1).to(image.dtype)
+# %% ../nbs/04_eln.ipynb #e99a36c2
+@patch
+def inputs(self:ELN, image, logits):
+    "[image (3), entropy (1), logits (C)] at image size: [B,3+1+C,H,W]; no gradient flows back into `logits`"
+    z = F.interpolate(logits.detach().float(), size=image.shape[-2:], mode='bilinear', align_corners=True)
+    return torch.cat([image.float(), entropy_map(z)[:, None], z], 1).to(image.dtype)
 
-    def forward(self, image, logits, dropout=True): # dropout=False: the official gt_mode
-        return self.decoder(*self.encoder(self.inputs(image, logits)), dropout=dropout)[0]
+# %% ../nbs/04_eln.ipynb #aa4fc8f4
+@patch
+def forward(self:ELN, image, logits, dropout=True): # dropout=False: the official gt_mode
+    return self.decoder(*self.encoder(self.inputs(image, logits)), dropout=dropout)[0]
 
 # %% ../nbs/04_eln.ipynb #5f98646b
 def _per_chunk(bn, forward, J, x): return torch.cat([forward(bn, c) for c in x.chunk(J)])
