@@ -20,9 +20,21 @@ from .losses import resize_to
 from .metrics import error_localization_scores, ErrorLocalizationMeter
 
 # %% auto #0
-__all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'run_models', 'ImageResult', 'error_score', 'pr_curve', 'best_f1',
-           'load_models', 'checkpoint_dataset', 'ErrorAnalyzer', 'overlay', 'class_legend', 'outcome_map', 'eln_panel',
-           'aux_panel', 'fig_png', 'pr_figure', 'filter_figure', 'ErrorExplorer', 'save_panels']
+__all__ = ['SCORES', 'VOID', 'OUTCOME', 'LABELS', 'MarkdownStr', 'md_table', 'run_models', 'ImageResult', 'error_score',
+           'pr_curve', 'best_f1', 'load_models', 'checkpoint_dataset', 'ErrorAnalyzer', 'overlay', 'class_legend',
+           'outcome_map', 'eln_panel', 'aux_panel', 'fig_png', 'pr_figure', 'filter_figure', 'ErrorExplorer',
+           'save_panels']
+
+# %% ../nbs/10_viz.ipynb #714670ec
+class MarkdownStr(str):
+    "A string that a notebook displays as markdown."
+    def _repr_markdown_(self): return str(self)
+
+def md_table(header:list, rows:list) -> MarkdownStr:
+    "A markdown table: the `header` cells, then one line per row; every cell goes through `str`."
+    L = ['| ' + ' | '.join(map(str, header)) + ' |', '|' + '---|' * len(header)]
+    L += ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
+    return MarkdownStr('\n'.join(L))
 
 # %% ../nbs/10_viz.ipynb #aaaf32ca
 def _all_logits(m, x:torch.Tensor, # [1,3,H,W] normalised image
