@@ -429,6 +429,7 @@ def train_step(self:Trainer, phase):
 # %% ../nbs/09d_train.ipynb #71cbc93a
 @patch
 def _writer(self:Trainer):
+    "The TensorBoard writer under `out/tb`, made at first use; None off rank 0 or without tensorboard."
     if not hasattr(self, '_tb'):
         self._tb = None
         if self.main:
