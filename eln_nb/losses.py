@@ -119,7 +119,7 @@ def _windows_mean(t, s, y, keep, wh:int, ww:int, ys:list, xs:list, C:int, tau:fl
 
 # %% ../nbs/05_losses.ipynb #f89dc56e
 def _check_maps(f_teacher, f_student, pseudo, keep) -> tuple:
-    "(B, d, h, w) when f_teacher, f_student are [B,d,h,w] and pseudo, keep are [B,h,w]; else a ValueError with all four."
+    "(B, d, h, w) if f_teacher, f_student are [B,d,h,w] and pseudo, keep [B,h,w]; else a ValueError naming all four."
     B, D, H, W = f_teacher.shape
     if f_student.shape != f_teacher.shape or pseudo.shape != (B, H, W) or keep.shape != (B, H, W):
         raise ValueError(f"shapes differ: {tuple(f_teacher.shape)}, {tuple(f_student.shape)}, {tuple(pseudo.shape)}, "
