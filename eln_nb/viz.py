@@ -117,8 +117,8 @@ def eln_error_prob(self:ImageResult, d='main'):
 # %% ../nbs/10_viz.ipynb #1f2e9f52
 @patch
 def eln_keep(self:ImageResult, d='main', threshold:float=0.5):
-    "ELN mask [H,W] bool: keep where sigmoid(ELN) >= threshold."
-    return torch.sigmoid(self._eln(d)) >= threshold
+    "ELN mask [H,W] bool: keep where sigmoid(ELN) > threshold, the rule of stage 2 (a tie is not kept)."
+    return torch.sigmoid(self._eln(d)) > threshold
 
 @patch
 def pseudo_label(self:ImageResult, d='main', threshold:float=0.5):

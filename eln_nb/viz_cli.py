@@ -28,7 +28,7 @@ def _add_drawing_args(p):
     p.add_argument('--decoder', default='main',
                    help="decoder judged in the ELN panel and the curves: main, aux1, aux2, ...")
     p.add_argument('--threshold', type=float, default=None,
-                   help="ELN threshold: keep where sigmoid(ELN) >= it (default: the run's eln_threshold)")
+                   help="ELN threshold: keep where sigmoid(ELN) > it (default: the run's eln_threshold)")
     p.add_argument('--alpha', type=float, default=0.6, help="overlay opacity")
     p.add_argument('--dpi', type=int, default=100, help="resolution of the PNG files")
     p.add_argument('--device', default='cpu', help="cpu, cuda or cuda:N")
