@@ -80,9 +80,9 @@ class NetworkOptions:
     multi_grid: bool = True              # multi-grid (1,2,4) dilations in layer4
     k: int = 2                           # number of auxiliary decoders
     filter: str = 'eln'                  # pseudo-label filter: eln, ecn, threshold, none, supervised
-    # encoder weights: imagenet (torchvision's, via the hub cache), none (random), or a file
+    # encoder weights: imagenet (torchvision's, hub cache), auto (imagenet if cached, else random), none, or a file
     pretrained: str = 'imagenet'
-    eln_pretrained: str = 'imagenet'     # ELN encoder weights: imagenet, none, or a file
+    eln_pretrained: str = 'imagenet'     # ELN encoder weights: imagenet, auto, none, or a file
 
 # %% ../nbs/09_config.ipynb #e4cb1e24
 @dataclass

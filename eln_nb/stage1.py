@@ -167,7 +167,7 @@ def param_groups(m:ELNModels, lr=1e-4, backbone_lr=1e-5, official_frozen_bn=Fals
 
 # %% ../nbs/07_stage1.ipynb #f0bc7b0f
 def make_optimizer(m:ELNModels, lr=1e-4, backbone_lr=1e-5, weight_decay=1e-5, official_frozen_bn=False, fused=True):
-    "The official AdamW (constant learning rate), fused into one kernel per step where the device supports it."
+    "The official AdamW (constant learning rate), one fused kernel per step (fused=False: the loop)."
     return torch.optim.AdamW(param_groups(m, lr, backbone_lr, official_frozen_bn), weight_decay=weight_decay,
                              fused=fused)
 
