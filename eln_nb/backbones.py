@@ -112,8 +112,7 @@ def find_weights(depth, pretrained=None):
     if found is None and not _warned:
         _warned.append(depth)
         warnings.warn(f'No ImageNet weights for ResNet-{depth} in the torch hub cache: the backbone starts from RANDOM '
-                      f'init. '
-                      f'Fetch them with: {fetch_command(depth)}', stacklevel=3)
+                      f'init. Fetch them with: {fetch_command(depth)}', stacklevel=3)
     return found
 
 # %% ../nbs/01_backbones.ipynb #617504c3
