@@ -59,9 +59,9 @@ def _labelled_names(ds, names):
     return names if labels is None else [n for n, l in zip(names, labels) if l is not None]
 
 # %% ../nbs/09a_build.ipynb #9c6fd4a0
-def _check_labelled(src:str, labelled_names:list, known:list):
+def _check_labelled(src:str, labelled_names:list, known:set):
     "Refuse a split (read from `src`) whose labelled names include images without a label file (not in `known`)."
-    no_label = sorted(set(labelled_names) - set(known))
+    no_label = sorted(set(labelled_names) - known)
     if no_label:
         raise DatasetError(f"split ({src}): {len(no_label)} labelled names have no label file, e.g. {no_label[:3]}")
 
@@ -72,8 +72,9 @@ def _split_pools(cfg:TrainConfig, train) -> tuple:
     if train.info.num_classes < 1: raise DatasetError(f"{cfg.dataset} {cfg.train_split}: 0 classes (give a class list)")
     known = _labelled_names(train, names)
     labelled_names, unlabelled_names, src = _split_names(cfg, known)
+    known = set(known)
     # images without labels are unlabelled
-    unlabelled_names = unlabelled_names + [n for n in names if n not in set(known)]
+    unlabelled_names = unlabelled_names + [n for n in names if n not in known]
     _check_labelled(src, labelled_names, known)
     pos = {n: i for i, n in enumerate(names)}
     missing = [n for n in labelled_names + unlabelled_names if n not in pos]

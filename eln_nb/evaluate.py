@@ -122,13 +122,13 @@ def evaluate(m:ELNModels, loader, info:DatasetInfo, device=torch.device('cpu'), 
              window=(321, 321), eln_threshold:float=0.5, channels_last:bool=False, teacher:bool=True) -> dict:
     "Student (and teacher) mIoU, per-class IoU, pixel accuracy and the ELN's error-localization P/R/F1 over `loader`."
     cms = {'student': ConfusionMatrix(info.num_classes), 'teacher': ConfusionMatrix(info.num_classes)}
-    el, has_eln = ErrorLocalizationMeter(), m.eln is not None and m.filter == 'eln'
+    el, eln = ErrorLocalizationMeter(), (m.eln if m.filter == 'eln' else None)   # only the ELN filter has an ELN to score
     thr = math.log(eln_threshold / (1 - eln_threshold))
     with _in_eval_mode(m), torch.random.fork_rng(devices=[]):     # evaluation never moves the training random state
         for b in loader:
             x, y = b['image'].to(device, non_blocking=True), b['label'].to(device, non_blocking=True)
             if channels_last: x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                _score_batch(m, x, y, cms, el, m.eln if has_eln else None, thr, mode, window, teacher)
-    s = _scores(cms, el, has_eln)
+                _score_batch(m, x, y, cms, el, eln, thr, mode, window, teacher)
+    s = _scores(cms, el, eln is not None)
     return _report(cms, s, info, teacher, mode)
