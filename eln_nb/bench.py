@@ -18,9 +18,9 @@ import torch
 from fastcore.basics import patch
 from .data import SyntheticScenes, LabelledView, UnlabelledViews, make_loader
 from .stage1 import (ELNModels, MethodConfig, phase1a_step, phase1b_step, labelled_terms, make_optimizer,
-                           fill_zero_grads)
+                           fill_zero_grads, scaled_step)
 from .stage2 import semi_step, unlabelled_terms, ema_update, start_teacher
-from .build import compile_networks, resolve_device
+from .build import compile_networks, resolve_device, resolve_amp
 from .train import cpu_has_bf16, bf16_warning, peak_memory_mb, _to
 from .cli import field_help
 
@@ -149,11 +149,6 @@ def batch_sources(bcfg:BenchConfig, device) -> tuple:
     return (_to(b, device, cl) for b in lab_it), (_to(b, device, cl) for b in unlab_it)
 
 # %% ../nbs/12_bench.ipynb #2bb3568c
-def _amp_dtype(amp:str):
-    "The autocast dtype of `--amp` (None: off)."
-    if amp not in ('off', 'bf16', 'fp16'): raise ValueError(f"amp={amp!r}; choose off, bf16 or fp16")
-    return {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-
 def _bench_models(bcfg:BenchConfig, device) -> ELNModels:
     "The random-init networks of `bcfg`, seeded, on `device` (channels_last and compiled if asked)."
     torch.manual_seed(bcfg.seed)
@@ -171,7 +166,7 @@ class Bench:
         self.bcfg = bcfg
         if bcfg.threads: torch.set_num_threads(bcfg.threads)
         self.device = resolve_device(bcfg.device)
-        self.amp = _amp_dtype(bcfg.amp)
+        self.amp = resolve_amp(bcfg.amp, self.device)
         self.m = _bench_models(bcfg, self.device)
         self.opt = make_optimizer(self.m)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -204,12 +199,6 @@ def _teacher_once(b:Bench):
         start_teacher(b.m)
         b.teacher_started = True
 
-def _optimizer_step(b:Bench):
-    "A zero gradient for each parameter stepped before that got none now, then the (scaled) optimizer step."
-    fill_zero_grads(b.opt)
-    b.scaler.step(b.opt)
-    b.scaler.update()
-
 # %% ../nbs/12_bench.ipynb #fb0ea9df
 def iteration(b:Bench, phase:str) -> float:
     "One training iteration of `phase` (batches, step under autocast, backward, optimizer, EMA) -> seconds."
@@ -222,7 +211,7 @@ def iteration(b:Bench, phase:str) -> float:
     b.aux_on = [bool(logs[k]) for k in sorted(logs) if k.startswith('aux') and k.endswith('_on')] or b.aux_on
     b.opt.zero_grad(set_to_none=True)
     b.scaler.scale(loss).backward()
-    _optimizer_step(b)
+    scaled_step(b.opt, b.scaler)
     if phase == '2': ema_update(b.m.teacher, b.m.student)
     b.sync()
     return time.perf_counter() - t0
@@ -321,7 +310,7 @@ def breakdown_iteration(b:Bench, return_loss=False) -> dict:
     lt, ut, fs = _timed_forwards(b, T)
     with T('optimizer'): b.opt.zero_grad(set_to_none=True)
     _split_backward(b, lt, ut, fs, T)
-    with T('optimizer'): _optimizer_step(b)
+    with T('optimizer'): scaled_step(b.opt, b.scaler)
     with T('ema'): ema_update(b.m.teacher, b.m.student)
     b.sync()
     out = _pieces(T, time.perf_counter() - t0)
@@ -345,8 +334,8 @@ def _with_floor(b:Bench, phase:str, ts:list) -> list:
     "Append timed iterations of `phase` to `ts` up to `iters`, each followed by a floor iteration -> the floor's times."
     bcfg = b.bcfg
     lab, unlab = next(b.lab_it), next(b.unlab_it)
-    fl = [floor_iteration(b, phase, lab, unlab) for _ in range(bcfg.warmup)] if bcfg.floor else []
-    fl = fl[bcfg.warmup:]
+    for _ in range(bcfg.warmup if bcfg.floor else 0): floor_iteration(b, phase, lab, unlab)     # warm-up, not timed
+    fl = []
     while len(ts) < bcfg.iters:
         ts.append(iteration(b, phase))
         if bcfg.floor: fl.append(floor_iteration(b, phase, lab, unlab))
@@ -436,7 +425,6 @@ def _anchor_fields(bcfg:BenchConfig, res:dict, info:dict) -> dict:
     "The report's ratios to the anchor (None unless `bcfg` is its preset) and the machine factor."
     ph, out = res['phases'], {}
     anchor = is_anchor_preset(bcfg, info['device'])
-    anchor = is_anchor_preset(bcfg, info['device'])
     out['anchor_ratio'] = {p: ph[p]['median_s'] / ANCHOR['median_s'][p] for p in ph} if anchor else None
     out['anchor_min_ratio'] = {p: ph[p]['min_s'] / ANCHOR['min_s'][p] for p in ph} if anchor else None
     out['anchor_memory_ratio'] = ({p: ph[p]['peak_memory_mb'] / 1024 / ANCHOR['peak_rss_gib'][p] for p in ph}
@@ -505,7 +493,7 @@ def _anchor_footer(rep:dict) -> list:
     if rep.get('machine_factor'):
         L.append(f"machine today: ResNet-50 reference {rep['reference_s']:.2f} s against a nominal "
                  f"{A['reference_s']:.1f} s (factor {rep['machine_factor']:.2f}); adj. = ratio / factor")
-    c, t = rep['config'], None
+    c = rep['config']
     t = TARGETS['bf16'] if c['amp'] == 'bf16' and c['channels_last'] else TARGETS['off'] if c['amp'] == 'off' else None
     if t:
         v = lambda r: 'met' if max(r.values()) <= t else 'NOT met'

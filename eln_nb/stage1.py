@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['FILTERS', 'phase1b_step', 'ELNModels', 'MethodConfig', 'phase1a_step', 'aux_losses', 'eln_terms',
            'official_eln_preds', 'untimed', 'labelled_terms', 'labelled_losses', 'is_seg_bn_param', 'param_groups',
-           'make_optimizer', 'fill_zero_grads']
+           'make_optimizer', 'fill_zero_grads', 'scaled_step']
 
 # %% ../nbs/07_stage1.ipynb #4fb92c11
 import contextlib, copy
@@ -177,3 +177,10 @@ def fill_zero_grads(opt:torch.optim.Optimizer):
     for g in opt.param_groups:
         for p in g['params']:
             if p.grad is None and opt.state.get(p): p.grad = torch.zeros_like(p)
+
+# %% ../nbs/07_stage1.ipynb #43498780
+def scaled_step(opt:torch.optim.Optimizer, scaler:torch.amp.GradScaler):
+    "The optimizer step after a (scaled) backward: `fill_zero_grads`, then `scaler.step(opt)` and `scaler.update()`."
+    fill_zero_grads(opt)
+    scaler.step(opt)
+    scaler.update()

@@ -26,7 +26,7 @@ from .decoders import resnet_depth
 from .losses import resize_to
 from .metrics import ConfusionMatrix, ErrorLocalizationMeter
 from . import stage1, stage2
-from .stage1 import ELNModels, MethodConfig, make_optimizer, fill_zero_grads
+from .stage1 import ELNModels, MethodConfig, make_optimizer, fill_zero_grads, scaled_step
 from .stage2 import ema_update, start_teacher, reset_student_to_teacher
 from .config import *
 from .build import *
@@ -146,7 +146,7 @@ def _seed(self:Trainer):
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)  # dropout etc.: per rank
-    self.it, self.best, self.history = 0, -math.inf, []
+    self.it, self.best = 0, -math.inf
     self.best_it, self.stage1, self._cur = None, None, None                   # run accounting (`_run_stats`)
     self.prior = {'phases': {}, 'wall_time_s': 0.0, 'sessions': 0}
 
@@ -236,17 +236,28 @@ def _changed_settings(old:TrainConfig, new:TrainConfig) -> list:
 
 # %% ../nbs/09d_train.ipynb #60b2dfa1
 @patch
-def _load_state(self:Trainer, ck:dict, path):
-    "Continue from checkpoint `ck` (read from `path`): iteration, weights, AdamW, scaler, accounting, random states."
+def _take_over(self:Trainer, ck:dict, path, sd:dict):
+    "Iteration, best score, weights `sd`, scaler and accounting of checkpoint `ck` (read from `path`)."
     self.it, self.best = int(ck['iteration']), float(ck['best'])
-    self._load_models(ck['models'], path)
-    self.opt.load_state_dict(ck['optimizer'])
+    self._load_models(sd, path)
     self.scaler.load_state_dict(ck['scaler'])
     self._restore_run(ck)
+
+@patch
+def _restore_rng(self:Trainer, ck:dict, path, warn:bool=True):
+    "This rank's random states from `ck`, when it was written by as many processes; else they stay (re-seeded)."
     if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
-    elif self.main:
+    elif self.main and warn:
         warnings.warn(f"{path} was written by {len(ck['rng'])} processes, this run has {self.ws}: random states are "
                       f"re-seeded")
+
+# %% ../nbs/09d_train.ipynb #f81d9bd5
+@patch
+def _load_state(self:Trainer, ck:dict, path):
+    "Continue from checkpoint `ck` (read from `path`): iteration, weights, AdamW, scaler, accounting, random states."
+    self._take_over(ck, path, ck['models'])
+    self.opt.load_state_dict(ck['optimizer'])
+    self._restore_rng(ck, path)
 
 # %% ../nbs/09d_train.ipynb #850338c1
 @patch
@@ -349,12 +360,9 @@ def _branch(self:Trainer, path):
     ck = self._branch_checkpoint(path)
     old = config_from_dict(ck['config'])
     sd, dropped = self._branch_weights(ck)
-    self.it, self.best = int(ck['iteration']), float(ck['best'])
-    self._load_models(sd, path)
-    self._load_moments(ck, old)
-    self.scaler.load_state_dict(ck['scaler'])
-    self._restore_run(ck)
-    if len(ck['rng']) == self.ws: set_rng_state(ck['rng'][self.rank], self.gen)
+    self._take_over(ck, path, sd)
+    self._load_moments(ck, old)             # builds the old run's networks: before the random states are restored
+    self._restore_rng(ck, path, warn=False)
     note = f" (dropped {', '.join(dropped)})" if dropped else ''
     if self.main: self.log(f"branched from {path} at iteration {self.it}{note}")
     return path
@@ -408,9 +416,7 @@ def _optimizer_step(self:Trainer, loss:torch.Tensor):
     "Backward of `loss` and the AdamW step, through the grad scaler."
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()
-    fill_zero_grads(self.opt)            # AdamW sees what the official torch 1.11 loop gave it (07_stage1)
-    self.scaler.step(self.opt)
-    self.scaler.update()
+    scaled_step(self.opt, self.scaler)   # AdamW sees what the official torch 1.11 loop gave it (07_stage1)
 
 # %% ../nbs/09d_train.ipynb #70b80547
 @patch
