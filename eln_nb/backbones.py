@@ -175,5 +175,5 @@ class ResNetEncoder(nn.Module):
 # %% ../nbs/01_backbones.ipynb #43e407bc
 @patch
 def forward(self:ResNetEncoder, x):
-        low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        return self.layer4(self.layer3(self.layer2(low))), low
+    low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+    return self.layer4(self.layer3(self.layer2(low))), low

@@ -286,9 +286,8 @@ def _decoder_row(axs, r:ImageResult, pal, decoder:str, alpha:float):
           f'true errors: {100 * r.error_rate(decoder):.1f}% of pixels')
 
 # %% ../nbs/10_viz.ipynb #3bdcbcb5
-def _eln_row(fig, axs, r:ImageResult, pal, decoder:str, threshold:float, alpha:float):
-    "Bottom row: entropy, ELN error probability, the ELN mask at `threshold`, the filtered pseudo label."
-    s = r.scores(decoder, threshold)
+def _eln_row(fig, axs, r:ImageResult, pal, decoder:str, threshold:float, alpha:float, s:dict):
+    "Bottom row: entropy, ELN error probability, the ELN mask at `threshold` (scores `s`), the filtered pseudo label."
     fig.colorbar(_show(axs[0], r.entropy(decoder), 'entropy (nats)', cmap='magma', vmin=0), ax=axs[0],
                  fraction=0.046)
     fig.colorbar(_show(axs[1], r.eln_error_prob(decoder), 'ELN error probability', cmap='magma', vmin=0, vmax=1),
@@ -309,7 +308,7 @@ def eln_panel(r:ImageResult, info:DatasetInfo, decoder='main', threshold:float=0
     pal = info.palette
     s = r.scores(decoder, threshold)
     _decoder_row(axs[0], r, pal, decoder, alpha)
-    _eln_row(fig, axs[1], r, pal, decoder, threshold, alpha)
+    _eln_row(fig, axs[1], r, pal, decoder, threshold, alpha, s)
     fig.suptitle(f'{r.name}  decoder {decoder}  ELN threshold {threshold:.2f}:  {_fmt(s)}', fontsize=10)
     class_legend(fig, info, (('void / rejected', VOID),) + tuple(OUTCOME.items()), ncol=5)
     fig.subplots_adjust(left=0.02, right=0.97, top=0.88, bottom=0.13, wspace=0.25, hspace=0.35)
@@ -350,8 +349,8 @@ def fig_png(fig:Figure, dpi:int=80) -> bytes:
 
 # %% ../nbs/10_viz.ipynb #8e0a5f1e
 def _eln_point(ax, c:dict, col, eln_threshold:float):
-    "Circle the ELN mask at `eln_threshold` on the ELN's `pr_curve` `c`: its last point with error prob > 1 - t."
-    i = int((c['threshold'] > 1 - eln_threshold).sum()) - 1
+    "Circle the ELN mask at `eln_threshold` on the ELN's `pr_curve` `c`: its last point with error prob >= 1 - t."
+    i = int((c['threshold'] >= 1 - eln_threshold).sum()) - 1
     if i >= 0: ax.plot(c['recall'][i], c['precision'][i], 'o', mfc='none', c=col, ms=9,
                        label=f"ELN at {eln_threshold:.2f}: F1 {c['f1'][i]:.3f}")
 
